@@ -1,0 +1,1 @@
+"""Lumi library: one module per concern; the numbered scripts in scripts/ are thin wrappers."""
