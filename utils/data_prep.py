@@ -1,0 +1,462 @@
+"""Stage 01: raw text -> cleaned, filtered, deduplicated, tokenized shards in data/processed/<name>/.
+
+Two streaming passes keep memory flat in the corpus size:
+  pass 1  read -> clean -> split long docs -> filter (worker processes) -> exact + near dedup (main) -> spool
+  then    deterministic train/val split by content hash; tokenizer trained on a sample of train docs
+  pass 2  spool -> tokenize -> binary shards per split
+Everything is written into a temporary directory that replaces the output only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import shutil
+import struct
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from utils.artifacts import META_NAME, atomic_directory, read_json, write_json, write_meta
+from utils.cleaning import CleaningOptions, clean_text, split_long_text
+from utils.config import save_resolved_config
+from utils.data_report import StageTimer, build_stats, write_data_card
+from utils.dedup import NearDuplicateIndex, exact_key
+from utils.errors import ConfigError, DataError
+from utils.filters import FilterOptions, drop_reason
+from utils.sources import (ReadStats, SourceOptions, input_fingerprint, iter_hub_documents, iter_local_documents,
+                           resolve_input_files)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VOCAB_SIZE = 32768
+MANIFEST_FORMAT = 1
+SPOOL_NAME = ".spool.bin"
+SAMPLE_NAME = ".tokenizer_sample.txt"
+DROP_EXAMPLES_PER_REASON = 3
+DROP_EXAMPLE_CHARS = 200
+ENCODE_BATCH_DOCS = 256
+_LENGTH = struct.Struct("<I")
+# Options that change how a run behaves but not what it produces: excluded from the fingerprint.
+RUN_ONLY_KEYS = ("force", "strict", "num_workers", "output_dir")
+
+
+@dataclass
+class DataConfig:
+    """Stage 01 settings. Every key may appear in config/datasets/*.json or as a --flag."""
+
+    name: str = "demo_tiny"
+    source: Literal["demo", "local", "hf"] = "demo"
+    input_path: str | None = None
+    hf_dataset: str | None = None
+    hf_subset: str | None = None
+    hf_split: str = "train"
+    hf_streaming: bool = True
+    text_field: str = "text"
+    text_unit: Literal["paragraph", "line", "file"] = "paragraph"
+    max_documents: int | None = None
+    max_doc_chars: int = 1_000_000
+    license: str = "unknown"
+    description: str = ""
+    demo_seed: int = 1234
+    demo_num_stories: int | None = None
+    fix_unicode: bool = True
+    remove_urls: bool = True
+    remove_code_blocks: bool = True
+    min_chars: int = 50
+    max_chars: int = 10_000
+    split_long_documents: bool = True
+    language: str | None = "en"
+    language_threshold: float = 0.7
+    language_sample_chars: int = 2000
+    max_symbol_ratio: float = 0.1
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    min_stop_words: int = 2
+    exact_dedup: bool = True
+    near_dedup: bool = True
+    minhash_num_perm: int = 128
+    minhash_threshold: float = 0.8
+    shingle_size: int = 5
+    train_fraction: float = 0.98
+    seed: int = 1234
+    vocab_size: int | None = None
+    tokenizer_path: str | None = None
+    tokenizer_sample_chars: int = 50_000_000
+    max_length: int = 2048
+    shard_tokens: int = 100_000_000
+    batch_documents: int = 256
+    num_workers: int = 2
+    output_dir: str = "data/processed"
+    force: bool = False
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.source == "local" and not self.input_path:
+            raise ValueError("source 'local' needs input_path (a file, directory or glob): pass --input_path")
+        if self.source == "hf" and not self.hf_dataset:
+            raise ValueError("source 'hf' needs hf_dataset (a Hugging Face dataset id)")
+        if not 0.0 < self.train_fraction < 1.0:
+            raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
+        if not 0.0 < self.minhash_threshold <= 1.0:
+            raise ValueError(f"minhash_threshold must be in (0, 1], got {self.minhash_threshold}")
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars {self.min_chars} exceeds max_chars {self.max_chars}")
+        if self.max_length < 16:
+            raise ValueError(f"max_length must be at least 16, got {self.max_length}")
+
+
+@dataclass
+class _BatchResult:
+    kept: list[str]
+    pieces: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    clean_seconds: float = 0.0
+    filter_seconds: float = 0.0
+
+
+_WORKER_OPTIONS: tuple[CleaningOptions, FilterOptions, int | None] | None = None
+
+
+def _init_worker(options: tuple[CleaningOptions, FilterOptions, int | None]) -> None:
+    global _WORKER_OPTIONS
+    _WORKER_OPTIONS = options
+
+
+def _clean_and_filter(batch: list[str]) -> _BatchResult:
+    """Runs in a worker: clean, split long documents, filter; drops are counted with a few examples."""
+    assert _WORKER_OPTIONS is not None
+    cleaning, filters, split_at = _WORKER_OPTIONS
+    result = _BatchResult(kept=[])
+    for raw in batch:
+        start = time.perf_counter()
+        text = clean_text(raw, cleaning)
+        pieces = split_long_text(text, split_at) if (split_at and text) else [text]
+        mid = time.perf_counter()
+        for piece in pieces:
+            reason = "empty_after_cleaning" if not piece else drop_reason(piece, filters)
+            if reason is None:
+                result.kept.append(piece)
+                continue
+            result.dropped[reason] = result.dropped.get(reason, 0) + 1
+            examples = result.examples.setdefault(reason, [])
+            if len(examples) < DROP_EXAMPLES_PER_REASON:
+                examples.append(piece[:DROP_EXAMPLE_CHARS])
+        result.pieces += len(pieces)
+        result.clean_seconds += mid - start
+        result.filter_seconds += time.perf_counter() - mid
+    return result
+
+
+def _batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _doc_keys(text: str, seed: int) -> tuple[int, int]:
+    """Two independent 64-bit content hashes: one orders the train/val split, one picks the tokenizer sample."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16, salt=seed.to_bytes(8, "little")[:16]).digest()
+    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:], "little")
+
+
+class _Pass1:
+    """Collects everything pass 1 learns: counts, drop examples, timings, and per-document keys."""
+
+    def __init__(self, config: DataConfig) -> None:
+        self.config = config
+        self.read = ReadStats()
+        self.counts: dict[str, int] = {"pieces": 0, "after_filters": 0, "after_exact_dedup": 0, "kept": 0}
+        self.dropped: dict[str, int] = {}
+        self.examples: dict[str, list[str]] = {}
+        self.timer = StageTimer()
+        self.split_keys: list[int] = []
+        self.sample_keys: list[int] = []
+        self.kept_chars = 0
+        self.kept_bytes = 0
+
+    def drop(self, reason: str, count: int, examples: list[str]) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
+        kept_examples = self.examples.setdefault(reason, [])
+        for text in examples[: DROP_EXAMPLES_PER_REASON - len(kept_examples)]:
+            kept_examples.append(text[:DROP_EXAMPLE_CHARS])
+
+
+def _iter_raw_documents(config: DataConfig, stats: ReadStats, files: list[Path]) -> Iterator[str]:
+    # Blocks of at most max_chars let worker batches stay small and evenly sized on books without blank lines.
+    block_chars = config.max_chars if config.split_long_documents else config.max_doc_chars
+    options = SourceOptions(text_field=config.text_field, text_unit=config.text_unit,
+                            max_doc_chars=config.max_doc_chars, block_chars=block_chars, strict=config.strict)
+    if config.source == "hf":
+        assert config.hf_dataset is not None
+        documents = iter_hub_documents(config.hf_dataset, config.hf_subset, config.hf_split, config.hf_streaming,
+                                       stats, options)
+    else:
+        documents = iter_local_documents(files, stats, options)
+    for index, text in enumerate(documents):
+        if config.max_documents is not None and index >= config.max_documents:
+            return
+        yield text
+
+
+def _run_pass1(config: DataConfig, files: list[Path], spool_path: Path) -> _Pass1:
+    state = _Pass1(config)
+    cleaning = CleaningOptions(config.fix_unicode, config.remove_urls, config.remove_code_blocks)
+    filters = FilterOptions(config.min_chars, config.max_chars, config.language, config.language_threshold,
+                            config.language_sample_chars, config.max_symbol_ratio, config.min_mean_word_length,
+                            config.max_mean_word_length, config.min_stop_words)
+    options = (cleaning, filters, config.max_chars if config.split_long_documents else None)
+    near = NearDuplicateIndex(config.minhash_num_perm, config.minhash_threshold, config.shingle_size) \
+        if config.near_dedup else None
+    seen_exact: set[bytes] = set()
+    total_bytes = sum(f.stat().st_size for f in files) or None
+    batches = _batched(_iter_raw_documents(config, state.read, files), config.batch_documents)
+    progress = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="clean/filter/dedup", mininterval=1.0)
+    with open(spool_path, "wb") as spool, _worker_map(config.num_workers, options) as mapper:
+        for result in mapper(_clean_and_filter, batches):
+            _absorb(state, result)
+            kept = _dedup(state, result.kept, seen_exact, near)
+            for text in kept:
+                _spool_write(spool, state, text)
+            progress.update(state.read.bytes_read - progress.n)
+            progress.set_postfix(docs=state.read.documents, kept=state.counts["kept"], refresh=False)
+    progress.close()
+    return state
+
+
+class _worker_map:  # noqa: N801 - used as a context manager factory
+    """`imap` over a process pool (order-preserving, so output is deterministic) or in-process when 0 workers."""
+
+    def __init__(self, workers: int, options: tuple) -> None:
+        self.workers, self.options, self.pool = workers, options, None
+
+    def __enter__(self):
+        if self.workers <= 0:
+            _init_worker(self.options)
+            return lambda fn, items: map(fn, items)
+        context = multiprocessing.get_context("fork")
+        self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.options,))
+        return lambda fn, items: self.pool.imap(fn, items)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def _absorb(state: _Pass1, result: _BatchResult) -> None:
+    state.counts["pieces"] += result.pieces
+    state.counts["after_filters"] += len(result.kept)
+    state.timer.add("clean", result.clean_seconds)
+    state.timer.add("filter", result.filter_seconds)
+    for reason, count in result.dropped.items():
+        state.drop(reason, count, result.examples.get(reason, []))
+
+
+def _dedup(state: _Pass1, texts: list[str], seen: set[bytes], near: NearDuplicateIndex | None) -> list[str]:
+    with state.timer.measure("exact_dedup"):
+        unique: list[str] = []
+        for text in texts:
+            key = exact_key(text)
+            if state.config.exact_dedup and key in seen:
+                state.drop("exact_duplicate", 1, [text])
+                continue
+            seen.add(key)
+            unique.append(text)
+    state.counts["after_exact_dedup"] += len(unique)
+    if near is None or not unique:
+        return unique
+    with state.timer.measure("near_dedup"):
+        flags = near.add_batch(unique)
+    kept = []
+    for text, duplicate in zip(unique, flags):
+        if duplicate:
+            state.drop("near_duplicate", 1, [text])
+        else:
+            kept.append(text)
+    return kept
+
+
+def _spool_write(spool, state: _Pass1, text: str) -> None:
+    data = text.encode("utf-8")
+    spool.write(_LENGTH.pack(len(data)))
+    spool.write(data)
+    split_key, sample_key = _doc_keys(text, state.config.seed)
+    state.split_keys.append(split_key)
+    state.sample_keys.append(sample_key)
+    state.counts["kept"] += 1
+    state.kept_chars += len(text)
+    state.kept_bytes += len(data)
+
+
+def _spool_read(path: Path) -> Iterator[str]:
+    with open(path, "rb") as fh:
+        while header := fh.read(_LENGTH.size):
+            (length,) = _LENGTH.unpack(header)
+            yield fh.read(length).decode("utf-8")
+
+
+def _validation_mask(split_keys: list[int], train_fraction: float) -> np.ndarray:
+    """The documents with the smallest keys go to validation: an exact, order-independent, seeded split."""
+    n = len(split_keys)
+    if n < 2:
+        raise DataError(f"only {n} document(s) survived cleaning, filtering and dedup; at least 2 are needed for a "
+                        f"train/validation split. Use more data or relax the filters (see the drop counts above).")
+    n_val = min(n - 1, max(1, round(n * (1.0 - train_fraction))))
+    order = np.argsort(np.asarray(split_keys, dtype=np.uint64), kind="stable")
+    mask = np.zeros(n, dtype=bool)
+    mask[order[:n_val]] = True
+    return mask
+
+
+def _prepare_tokenizer(config: DataConfig, state: _Pass1, val_mask: np.ndarray, spool: Path, out: Path) -> Path:
+    from utils.tokenizer import train_tokenizer
+
+    tokenizer_dir = out / "tokenizer"
+    if config.tokenizer_path:
+        return _copy_tokenizer(config, Path(config.tokenizer_path), tokenizer_dir)
+    # kept_chars includes validation: the rate only needs to be about right, and stays deterministic.
+    rate = min(1.0, config.tokenizer_sample_chars / max(state.kept_chars, 1))
+    threshold = int(rate * 2**64)
+    sample_path = out / SAMPLE_NAME
+    with state.timer.measure("tokenizer_training"), open(sample_path, "w", encoding="utf-8") as sample:
+        for index, text in enumerate(_spool_read(spool)):
+            if not val_mask[index] and state.sample_keys[index] < threshold:
+                sample.write(text + "\n")  # SentencePiece reads one sentence per line
+        train_tokenizer(sample_path, tokenizer_dir, config.vocab_size or DEFAULT_VOCAB_SIZE,
+                        num_threads=max(1, config.num_workers))
+    sample_path.unlink()
+    return tokenizer_dir
+
+
+def _copy_tokenizer(config: DataConfig, source: Path, target: Path) -> Path:
+    from utils.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(source)
+    if config.vocab_size is not None and config.vocab_size != len(tokenizer):
+        raise ConfigError(f"--vocab_size {config.vocab_size} conflicts with the tokenizer at {source} "
+                          f"(vocab {len(tokenizer)}); drop --vocab_size when reusing a tokenizer")
+    shutil.copytree(source, target)
+    return target
+
+
+def _tokenize(config: DataConfig, state: _Pass1, val_mask: np.ndarray, spool: Path, out: Path,
+              tokenizer_dir: Path) -> dict[str, list[dict]]:
+    from utils.shards import ShardWriter
+    from utils.tokenizer import SentencePieceEncoder, tokenizer_sha256
+
+    encoder = SentencePieceEncoder(tokenizer_dir)
+    sha = tokenizer_sha256(tokenizer_dir)
+    writers = {split: ShardWriter(out, split, encoder.vocab_size, sha, config.shard_tokens)
+               for split in ("train", "val")}
+    progress = tqdm(total=len(val_mask), unit="doc", desc="tokenize", mininterval=1.0)
+    with state.timer.measure("tokenization"):
+        index = 0
+        for batch in _batched(_spool_read(spool), ENCODE_BATCH_DOCS):
+            for ids in encoder.encode_batch(batch):
+                tokens = np.empty(len(ids) + 2, dtype=np.int64)
+                tokens[0], tokens[1:-1], tokens[-1] = encoder.bos_id, ids, encoder.eos_id
+                writers["val" if val_mask[index] else "train"].write_document(tokens)
+                index += 1
+            progress.update(len(batch))
+    progress.close()
+    return {split: writer.close() for split, writer in writers.items()}
+
+
+def config_fingerprint(config: DataConfig, inputs: list[list[Any]]) -> str:
+    values = {k: v for k, v in asdict(config).items() if k not in RUN_ONLY_KEYS}
+    payload = json.dumps({"config": values, "inputs": inputs}, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _existing_output_is_current(out: Path, fingerprint: str, force: bool) -> bool:
+    meta_path = out / META_NAME
+    if not out.exists() or force:
+        return False
+    if not meta_path.is_file():
+        raise DataError(f"{out} exists but has no {META_NAME} (not a complete prepared dataset). Pass --force to "
+                        f"rebuild it, or choose another --name.")
+    if read_json(meta_path).get("fingerprint") == fingerprint:
+        return True
+    raise ConfigError(f"{out} was prepared with a different config or input. Pass --force to rebuild it (the old "
+                      f"one is replaced only once the new one is complete), or choose another --name.")
+
+
+def prepare_dataset(config: DataConfig) -> Path:
+    """Run stage 01 and return the output directory (unchanged if already prepared with this config)."""
+    out = Path(config.output_dir) / config.name
+    files = resolve_input_files(config.input_path) if config.source == "local" else []
+    fingerprint = config_fingerprint(config, input_fingerprint(files))
+    if _existing_output_is_current(out, fingerprint, config.force):
+        log.info("%s is up to date with this config: nothing to do (pass --force to rebuild)", out)
+        return out
+    started = time.perf_counter()
+    with atomic_directory(out) as tmp:
+        if config.source == "demo":
+            files = [_write_demo_corpus(config, tmp)]
+        _build(config, files, tmp, fingerprint, started)
+    log.info("wrote %s", out)
+    return out
+
+
+def _write_demo_corpus(config: DataConfig, tmp: Path) -> Path:
+    from utils.demo_corpus import generate_demo_corpus
+
+    demo_dir = tmp / "demo"
+    kwargs = {"num_stories": config.demo_num_stories} if config.demo_num_stories else {}
+    counts = generate_demo_corpus(demo_dir, seed=config.demo_seed, **kwargs)
+    log.info("generated the demo corpus in %s: %s", demo_dir, counts)
+    return demo_dir / "stories.jsonl"
+
+
+def _build(config: DataConfig, files: list[Path], out: Path, fingerprint: str, started: float) -> None:
+    spool = out / SPOOL_NAME
+    state = _run_pass1(config, files, spool)
+    state.timer.add("pass1_wall", time.perf_counter() - started)
+    if state.read.documents == 0:
+        raise DataError(f"the input is empty: no documents read from {config.input_path or config.hf_dataset or 'demo'}")
+    val_mask = _validation_mask(state.split_keys, config.train_fraction)
+    tokenizer_dir = _prepare_tokenizer(config, state, val_mask, spool, out)
+    shards = _tokenize(config, state, val_mask, spool, out, tokenizer_dir)
+    spool.unlink()
+    _write_outputs(config, state, val_mask, shards, out, tokenizer_dir, fingerprint, time.perf_counter() - started)
+
+
+def _write_outputs(config: DataConfig, state: _Pass1, val_mask: np.ndarray, shards: dict[str, list[dict]],
+                   out: Path, tokenizer_dir: Path, fingerprint: str, seconds: float) -> None:
+    from utils.tokenizer import SentencePieceEncoder, tokenizer_sha256
+
+    encoder = SentencePieceEncoder(tokenizer_dir)
+    sha = tokenizer_sha256(tokenizer_dir)
+    splits = {name: {"shards": items, "tokens": sum(s["tokens"] for s in items),
+                     "documents": sum(s["documents"] for s in items)} for name, items in shards.items()}
+    manifest = {
+        "format_version": MANIFEST_FORMAT,
+        "dataset": config.name,
+        "tokenizer": {"path": "tokenizer", "sha256": sha, "vocab_size": encoder.vocab_size,
+                      "bos_id": encoder.bos_id, "eos_id": encoder.eos_id,
+                      "reused_from": config.tokenizer_path},
+        "dtype": "uint16" if encoder.vocab_size <= 1 << 16 else "uint32",
+        "max_length": config.max_length,
+        "splits": splits,
+    }
+    write_json(out / "manifest.json", manifest)
+    stats = build_stats(state, val_mask, splits, seconds)
+    write_json(out / "stats.json", stats)
+    save_resolved_config(config, out)
+    write_data_card(out / "DATA_CARD.md", config, stats, state.examples, manifest)
+    write_meta(out, stage="prepare_data", fingerprint=fingerprint, tokenizer_sha256=sha,
+               train_tokens=splits["train"]["tokens"], val_tokens=splits["val"]["tokens"])
