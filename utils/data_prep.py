@@ -10,6 +10,7 @@ Everything is written into a temporary directory that replaces the output only w
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -206,10 +207,8 @@ def _iter_raw_documents(config: DataConfig, stats: ReadStats, files: list[Path])
                                        stats, options)
     else:
         documents = iter_local_documents(files, stats, options)
-    for index, text in enumerate(documents):
-        if config.max_documents is not None and index >= config.max_documents:
-            return
-        yield text
+    # islice pulls exactly max_documents, so the reader's counts stop there too.
+    return itertools.islice(documents, config.max_documents)
 
 
 def _run_pass1(config: DataConfig, files: list[Path], spool_path: Path) -> _Pass1:
@@ -336,8 +335,8 @@ def _prepare_tokenizer(config: DataConfig, state: _Pass1, val_mask: np.ndarray, 
         for index, text in enumerate(_spool_read(spool)):
             if not val_mask[index] and state.sample_keys[index] < threshold:
                 sample.write(text + "\n")  # SentencePiece reads one sentence per line
-        train_tokenizer(sample_path, tokenizer_dir, config.vocab_size or DEFAULT_VOCAB_SIZE,
-                        num_threads=max(1, config.num_workers))
+        # The thread count is recorded in tokenizer.model, so it is fixed: num_workers must not change outputs.
+        train_tokenizer(sample_path, tokenizer_dir, config.vocab_size or DEFAULT_VOCAB_SIZE)
     sample_path.unlink()
     return tokenizer_dir
 

@@ -56,12 +56,12 @@ def drop_reason(text: str, options: FilterOptions) -> str | None:
     mean_length = sum(map(len, words)) / max(len(words), 1)
     if not options.min_mean_word_length <= mean_length <= options.max_mean_word_length:
         return "mean_word_length"
-    if options.min_stop_words and _count_stop_words(words, options.min_stop_words) < options.min_stop_words:
-        return "few_stop_words"
-    if options.language:
+    if options.language:  # before the stop-word rule, which only makes sense for English
         language, probability = detect_language(text, options.language_sample_chars)
         if language != options.language or probability < options.language_threshold:
             return "language"
+    if options.min_stop_words and _count_stop_words(words, options.min_stop_words) < options.min_stop_words:
+        return "few_stop_words"
     return None
 
 

@@ -1,0 +1,76 @@
+# Lumi: raw text -> a small LLaMA-style model you can chat with, on one consumer GPU.
+# Every target installs what it needs first (the .venv stamp), so a fresh clone needs no separate step.
+# Times and memory in comments are for one RTX 4090 (24 GB) unless they say CPU.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        ?= .venv
+PYTHON      ?= python3
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+CONFIG      ?= config/datasets/demo_tiny.json
+ARGS        ?=
+PROCESSED   ?= data/processed
+
+.PHONY: help install check-env install-flash-attn test test-fast \
+        prepare prepare-demo prepare-wt2 prepare-wt103 prepare-wiki prepare-owt prepare-prose \
+        bench bench-data
+
+help: ## List every target with one line each
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
+	@echo ""
+	@echo "  Variables: CONFIG=<dataset json> ARGS='<extra flags>'"
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the pinned requirements (idempotent; ~1-2 min the first time)
+
+check-env: $(STAMP) ## Print Python/torch/transformers/accelerate/peft/trl versions, CUDA, GPU, bf16, attention kernel
+	$(PY) scripts/check_env.py
+
+install-flash-attn: $(STAMP) ## Try the optional flash-attn build (CUDA only; may compile for an hour; never in CI)
+	@echo "flash-attn builds from source against your CUDA toolkit; it needs nvcc, an Ampere+ GPU and 30-60 min."
+	@echo "Without it Lumi uses PyTorch SDPA (also fused on GPU). Attempting: pip install flash-attn --no-build-isolation"
+	$(PY) -m pip install packaging ninja
+	MAX_JOBS=$${MAX_JOBS:-4} $(PY) -m pip install flash-attn --no-build-isolation || \
+		{ echo "flash-attn did not install: training will use sdpa. See README 'Troubleshooting'."; exit 1; }
+
+test: $(STAMP) ## Run the whole test suite (<10 min on 2 CPU cores; no network)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-fast: $(STAMP) ## Run the tests not marked slow
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+# --- Stage 01: data ------------------------------------------------------------------------------
+prepare: $(STAMP) ## Prepare a dataset: make prepare CONFIG=config/datasets/<name>.json [ARGS='--force']
+	$(PY) scripts/01_prepare_data.py --config_path $(CONFIG) $(ARGS)
+
+prepare-demo: $(STAMP) ## Embedded demo corpus -> data/processed/demo_tiny (offline, ~10 s CPU)
+	$(PY) scripts/01_prepare_data.py --config_path config/datasets/demo_tiny.json $(ARGS)
+
+prepare-prose: $(STAMP) ## 26 public-domain novels from ../shared/data/prose (local files, ~30 s CPU)
+	$(PY) scripts/01_prepare_data.py --config_path config/datasets/british_fiction.json $(ARGS)
+
+prepare-wt2: $(STAMP) ## WikiText-2 raw from the Hugging Face hub (network)
+	$(PY) scripts/01_prepare_data.py --config_path config/datasets/wikitext2.json $(ARGS)
+
+prepare-wt103: $(STAMP) ## WikiText-103 raw from the hub (network; ~540 MB of text, ~10 min)
+	$(PY) scripts/01_prepare_data.py --config_path config/datasets/wikitext103.json $(ARGS)
+
+prepare-wiki: $(STAMP) ## English Wikipedia, first 1M articles, from the hub (network)
+	$(PY) scripts/01_prepare_data.py --config_path config/datasets/wikipedia_en.json $(ARGS)
+
+prepare-owt: $(STAMP) ## OpenWebText, first 1M documents, from the hub (network)
+	$(PY) scripts/01_prepare_data.py --config_path config/datasets/openwebtext.json $(ARGS)
+
+# --- Benchmarks (figures printed; never timed tests) ---------------------------------------------
+bench: bench-data ## Run every benchmark
+
+bench-data: $(STAMP) ## Stage 01 throughput and peak memory on ../shared/data/prose, 1x and 4x (~3 min CPU)
+	$(PY) scripts/bench_data.py $(ARGS)

@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Benchmark stage 01 (data preparation) on the prose corpus in ../shared/data/prose: ~3 min on 2 CPU cores.
+
+    make bench-data
+    make bench-data ARGS='--copies 8 --json bench_data.json'
+    python scripts/bench_data.py --output_dir /tmp/bench --vocab_size 8192
+
+Runs the stage on the corpus once and --copies times over (each run in a fresh process, for its peak memory),
+reports documents/s and MB/s per stage and end to end, and times MinHash signatures on short documents.
+Targets: MinHash >= 30,000 short docs/s; end to end >= 1 MB/s excluding tokenizer training; peak memory of the
+Nx input <= 1.5x that of the 1x input. Exit code: 0 all targets met, 3 a target missed, 1 missing ../shared or a
+failed run, 2 bad arguments.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils.benchmarks import TargetMissed, data_format_report, data_run_benchmark  # noqa: E402
+from utils.cli import run_main  # noqa: E402
+
+log = logging.getLogger("lumi.bench_data")
+
+DEFAULT_VOCAB_SIZE = 16384
+DEFAULT_COPIES = 4
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", type=Path, default=None,
+                        help="keep the prepared datasets and the Nx input here (default: a temporary directory, "
+                             "removed afterwards)")
+    parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE,
+                        help=f"tokenizer vocabulary (default: {DEFAULT_VOCAB_SIZE})")
+    parser.add_argument("--copies", type=int, default=DEFAULT_COPIES,
+                        help=f"copies of the corpus in the large run (default: {DEFAULT_COPIES})")
+    parser.add_argument("--json", type=Path, default=None, help="also save the results to this JSON file")
+    args = parser.parse_args()
+    if args.copies < 2:
+        parser.error(f"--copies must be at least 2, got {args.copies}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    work = contextlib.nullcontext(str(args.output_dir)) if args.output_dir else \
+        tempfile.TemporaryDirectory(prefix="lumi-bench-data-")
+    with work as work_dir:
+        result = data_run_benchmark(Path(work_dir), args.vocab_size, args.copies)
+    print(data_format_report(result))
+    if args.json:
+        args.json.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n", encoding="utf-8")
+        log.info("results saved to %s", args.json)
+    missed = [check.name for check in result.checks if not check.passed]
+    if missed:
+        raise TargetMissed(f"{len(missed)} target(s) missed: {'; '.join(missed)}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
