@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SHARED_DIR = REPO_ROOT.parent / "shared"
 KIB_PER_MIB = 1024
+FIGURE_INTEGER_FROM = 1000
 MB = 1e6
 
 
@@ -62,9 +63,10 @@ class TargetCheck:
     def __post_init__(self) -> None:
         self.passed = self.value >= self.target if self.higher_is_better else self.value <= self.target
 
-    def margin(self) -> str:
-        """How far the value is from the target, as a signed percentage of the target."""
-        return f"{(self.value - self.target) / self.target:+.0%}"
+    def headroom(self) -> str:
+        """How far the value is on the good side of the target, as a percentage of it (negative: missed by)."""
+        ratio = self.value / self.target
+        return f"{ratio - 1 if self.higher_is_better else 1 - ratio:+.0%}"
 
 
 def machine_info() -> dict[str, str]:
@@ -83,13 +85,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def format_checks(checks: Sequence[TargetCheck]) -> str:
-    rows = [[c.name, f"{c.value:,.2f} {c.unit}", f"{'>=' if c.higher_is_better else '<='} {c.target:,.2f} {c.unit}",
-             c.margin(), "PASS" if c.passed else "FAIL"] for c in checks]
-    return format_table(["target", "measured", "required", "margin", "result"], rows)
+    rows = [[c.name, f"{_figure(c.value)} {c.unit}", f"{'>=' if c.higher_is_better else '<='} {_figure(c.target)} "
+             f"{c.unit}", c.headroom(), "PASS" if c.passed else "FAIL"] for c in checks]
+    return format_table(["target", "measured", "required", "headroom", "result"], rows)
 
 
 def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _figure(value: float) -> str:
+    """Large figures as whole numbers, small ones with two decimals."""
+    return _number(value, 0 if abs(value) >= FIGURE_INTEGER_FROM else 2)
 
 
 # --- Data preparation (stage 01) -------------------------------------------------------------------------------
@@ -109,6 +116,9 @@ DATA_MINHASH_MIN_LINE_CHARS = 50
 DATA_MINHASH_PROSE_DOC_CHARS = 300
 DATA_DATASKETCH_DOCS = 5_000
 DATA_END_TO_END_STAGE = "end_to_end_excluding_tokenizer_training"
+# Pipeline order for the per-stage table (stats.json stores them sorted); stages not listed go last.
+DATA_STAGE_ORDER = ("clean_worker_cpu", "filter_worker_cpu", "exact_dedup", "near_dedup", "pass1_wall",
+                    "tokenizer_training", "tokenization", "end_to_end", DATA_END_TO_END_STAGE)
 
 
 @dataclass
@@ -128,11 +138,16 @@ class DataStageRun:
 
 @dataclass
 class DataMinHashRate:
+    """Signature throughput on one document set: the median of `rates`, one per timed run."""
+
     label: str
     documents: int
     mean_chars: float
-    docs_per_s: float
-    runs: int
+    rates: list[float]
+    docs_per_s: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.docs_per_s = statistics.median(self.rates)
 
 
 @dataclass
@@ -202,11 +217,12 @@ def data_run_stage(config: DataConfig, copies: int) -> DataStageRun:
     try:
         status, value = receive.recv()
     except EOFError:
-        status, value = "error", "the child process died without a result (see its traceback above)"
+        status, value = "died", None
     process.join()
     wall = time.perf_counter() - started
     if status != "ok":
-        raise DataError(f"benchmark run {config.name} failed: {value} (exit code {process.exitcode})")
+        reason = value or f"its process exited with code {process.exitcode} and no result (see the log above)"
+        raise DataError(f"benchmark run {config.name} failed: {reason}")
     stats = read_json(Path(config.output_dir) / config.name / "stats.json")
     return DataStageRun(config.name, copies, wall, value / KIB_PER_MIB, stats)
 
@@ -230,20 +246,18 @@ def data_prose_docs(path: Path, count: int = DATA_MINHASH_DOCS) -> list[str]:
     return list(itertools.islice(itertools.cycle(docs), count))
 
 
-def _median_rate(run: Callable[[], object], documents: int, repeats: int) -> float:
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        seconds.append(time.perf_counter() - start)
-    return documents / statistics.median(seconds)
+def _rate(run: Callable[[], object], documents: int) -> float:
+    start = time.perf_counter()
+    run()
+    return documents / (time.perf_counter() - start)
 
 
 def data_minhash_rate(label: str, docs: list[str], repeats: int = DATA_MINHASH_REPEATS) -> DataMinHashRate:
     hasher = MinHasher(DATA_MINHASH_NUM_PERM, DATA_MINHASH_SHINGLE_SIZE)
-    rate = _median_rate(lambda: hasher.signatures(docs), len(docs), repeats)
-    log.info("MinHasher on %s: %.0f docs/s", label, rate)
-    return DataMinHashRate(label, len(docs), sum(map(len, docs)) / len(docs), rate, repeats)
+    result = DataMinHashRate(label, len(docs), sum(map(len, docs)) / len(docs),
+                             [_rate(lambda: hasher.signatures(docs), len(docs)) for _ in range(repeats)])
+    log.info("%s: %.0f docs/s (median of %d)", label, result.docs_per_s, repeats)
+    return result
 
 
 def _datasketch_signatures(docs: list[str]) -> np.ndarray:
@@ -258,8 +272,8 @@ def data_datasketch_rate(label: str, docs: list[str]) -> tuple[DataMinHashRate, 
     theirs = _datasketch_signatures(docs)
     rate = len(docs) / (time.perf_counter() - start)
     ours = MinHasher(DATA_MINHASH_NUM_PERM, DATA_MINHASH_SHINGLE_SIZE).signatures(docs)
-    log.info("datasketch MinHash.bulk on %s: %.0f docs/s", label, rate)
-    return DataMinHashRate(label, len(docs), sum(map(len, docs)) / len(docs), rate, 1), np.array_equal(theirs, ours)
+    log.info("%s: %.0f docs/s", label, rate)
+    return DataMinHashRate(label, len(docs), sum(map(len, docs)) / len(docs), [rate]), np.array_equal(theirs, ours)
 
 
 def _data_minhash(shared_dir: Path) -> tuple[list[DataMinHashRate], bool]:
@@ -321,7 +335,8 @@ def _data_runs_table(runs: Sequence[DataStageRun]) -> str:
 def _data_stages_table(runs: Sequence[DataStageRun]) -> str:
     headers = ["stage"] + [f"{r.copies}x {unit}" for r in runs for unit in ("s", "docs/s", "MB/s")]
     rows = []
-    for stage in runs[0].stages:
+    order = {name: index for index, name in enumerate(DATA_STAGE_ORDER)}
+    for stage in sorted(runs[0].stages, key=lambda name: order.get(name, len(order))):
         cells = [stage]
         for run in runs:
             figures = run.stages[stage]
@@ -332,10 +347,10 @@ def _data_stages_table(runs: Sequence[DataStageRun]) -> str:
 
 
 def _data_minhash_table(rates: Sequence[DataMinHashRate]) -> str:
-    rows = [[r.label, f"{r.documents:,}", _number(r.mean_chars, 0), str(r.runs), _number(r.docs_per_s, 0)]
-            for r in rates]
+    rows = [[r.label, f"{r.documents:,}", _number(r.mean_chars, 0), str(len(r.rates)), _number(r.docs_per_s, 0),
+             f"{min(r.rates):,.0f}-{max(r.rates):,.0f}"] for r in rates]
     return format_table(["MinHash signatures (128 perm, word 5-grams)", "docs", "chars/doc", "runs",
-                         "docs/s (median)"], rows)
+                         "docs/s (median)", "range"], rows)
 
 
 def data_format_report(result: DataBenchResult) -> str:
