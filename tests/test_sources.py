@@ -106,3 +106,13 @@ def test_hub_source_offline_fails_at_once_naming_dataset(monkeypatch: pytest.Mon
     with pytest.raises(DataError, match="'Salesforce/wikitext'.*--input_path"):
         next(iter_hub_documents("Salesforce/wikitext", "wikitext-2-raw-v1", "train", True, ReadStats(),
                                 SourceOptions()))
+
+
+def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    with pytest.raises(DataError, match="'roneneldan/TinyStories'.*unreachable"):
+        next(iter_hub_documents("roneneldan/TinyStories", None, "train", True, ReadStats(), SourceOptions()))

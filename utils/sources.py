@@ -12,6 +12,8 @@ import io
 import json
 import logging
 import os
+import socket
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ PARQUET_SUFFIXES = (".parquet",)
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES
 PARQUET_BATCH_ROWS = 1024
 MAX_BAD_RECORD_EXAMPLES = 5
+HUB_PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -264,6 +267,7 @@ def iter_hub_documents(dataset_id: str, subset: str | None, split: str, streamin
     """Stream a Hugging Face dataset; offline, fail at once naming the dataset and the local-file option."""
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         raise DataError(_offline_message(dataset_id, "HF_HUB_OFFLINE=1 is set"))
+    _check_hub_reachable(dataset_id)
     import datasets
 
     try:
@@ -276,6 +280,18 @@ def iter_hub_documents(dataset_id: str, subset: str | None, split: str, streamin
         if text is not None:
             stats.documents += 1
             yield _cap(text, stats, options)
+
+
+def _check_hub_reachable(dataset_id: str) -> None:
+    """One TCP connect with a short timeout: offline, fail in seconds instead of after the hub client's retries."""
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise DataError(_offline_message(dataset_id, f"{url.hostname} is unreachable: {exc}")) from exc
 
 
 def _offline_message(dataset_id: str, reason: str) -> str:
