@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import gzip
-import io
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SU
 PARQUET_BATCH_ROWS = 1024
 MAX_BAD_RECORD_EXAMPLES = 5
 HUB_PROBE_TIMEOUT_S = 5.0
+JSON_PEEK_BYTES = 4096
 
 
 @dataclass
@@ -170,37 +170,38 @@ def _bad(message: str, reason: str, where: str, stats: ReadStats, options: Sourc
     return None
 
 
+def _record_text(line: str, where: str, stats: ReadStats, options: SourceOptions) -> str | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return _bad(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})", "invalid_json", where, stats,
+                    options)
+    return _text_of(record, where, stats, options)
+
+
 def _iter_jsonl_file(path: Path, stats: ReadStats, options: SourceOptions) -> Iterator[str]:
     with _open_binary(path) as fh:
         for line_no, raw in enumerate(fh, start=1):
             stats.bytes_read += len(raw)
             where = f"{path}:{line_no}"
-            if not raw.strip():
-                continue
-            line = _decode(raw, where, stats, options)
-            if line is None:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                _bad(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})", "invalid_json", where, stats, options)
-                continue
-            text = _text_of(record, where, stats, options)
+            line = _decode(raw, where, stats, options) if raw.strip() else None
+            text = _record_text(line, where, stats, options) if line is not None else None
             if text is not None:
                 yield text
 
 
 def _iter_json_file(path: Path, stats: ReadStats, options: SourceOptions) -> Iterator[str]:
-    """A .json file holds one array of records (or JSON lines, which some exporters name .json)."""
+    """A .json file holds one array of records, or JSON lines (which some exporters name .json)."""
+    with _open_binary(path) as fh:
+        is_array = fh.read(JSON_PEEK_BYTES).lstrip().startswith(b"[")
+    if not is_array:
+        yield from _iter_jsonl_file(path, stats, options)
+        return
     with _open_binary(path) as fh:
         raw = fh.read()
     stats.bytes_read += len(raw)
     text = _decode(raw, str(path), stats, options)
     if text is None:
-        return
-    stripped = text.lstrip()
-    if not stripped.startswith("["):
-        yield from _iter_jsonl_file_text(path, text, stats, options)
         return
     try:
         records = json.loads(text)
@@ -208,21 +209,6 @@ def _iter_json_file(path: Path, stats: ReadStats, options: SourceOptions) -> Ite
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
     for index, record in enumerate(records):
         value = _text_of(record, f"{path}[{index}]", stats, options)
-        if value is not None:
-            yield value
-
-
-def _iter_jsonl_file_text(path: Path, text: str, stats: ReadStats, options: SourceOptions) -> Iterator[str]:
-    for line_no, line in enumerate(io.StringIO(text), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{line_no}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            _bad(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})", "invalid_json", where, stats, options)
-            continue
-        value = _text_of(record, where, stats, options)
         if value is not None:
             yield value
 
