@@ -11,17 +11,21 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 CONFIG      ?= config/datasets/demo_tiny.json
 ARGS        ?=
-PROCESSED   ?= data/processed
+DATA        ?= data/processed/demo_tiny
+BATCH_SIZE  ?=
+LEARNING_RATE ?=
+TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)) \
+               $(if $(LEARNING_RATE),--learning_rate $(LEARNING_RATE)) $(ARGS)
 
 .PHONY: help install check-env install-flash-attn test test-fast \
         prepare prepare-demo prepare-wt2 prepare-wt103 prepare-wiki prepare-owt prepare-prose \
-        bench bench-data
+        pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny bench bench-data
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-22s\033[0m %s\n", $$1, $$2}'
 	@echo ""
-	@echo "  Variables: CONFIG=<dataset json> ARGS='<extra flags>'"
+	@echo "  Variables: CONFIG=<dataset json> DATA=<prepared dataset dir> BATCH_SIZE= LEARNING_RATE= ARGS='<extra flags>'"
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +71,19 @@ prepare-wiki: $(STAMP) ## English Wikipedia, first 1M articles, from the hub (ne
 
 prepare-owt: $(STAMP) ## OpenWebText, first 1M documents, from the hub (network)
 	$(PY) scripts/01_prepare_data.py --config_path config/datasets/openwebtext.json $(ARGS)
+
+# --- Stage 02: pretraining (DATA=<prepared dataset> BATCH_SIZE= LEARNING_RATE= ARGS='<more flags>') ---------
+pretrain-tiny: $(STAMP) ## Pretrain tiny on DATA (default demo_tiny): ~10 min on 2 CPU cores, ~1 min on a 4090
+	$(PY) scripts/02_pretrain.py --config config/tiny.json $(TRAIN_FLAGS)
+
+pretrain-small: $(STAMP) ## Pretrain small (42M) on DATA: hours on a 4090 (~6 GB at batch 32 x 1024)
+	$(PY) scripts/02_pretrain.py --config config/small.json $(TRAIN_FLAGS)
+
+pretrain-base: $(STAMP) ## Pretrain base (124M) on DATA: a day on a 4090 (~14 GB at batch 16 x 1024, bf16)
+	$(PY) scripts/02_pretrain.py --config config/base.json $(TRAIN_FLAGS)
+
+resume-pretrain-tiny: $(STAMP) ## Resume the tiny run from its newest complete checkpoint
+	$(PY) scripts/02_pretrain.py --config config/tiny.json --resume_from_checkpoint auto $(TRAIN_FLAGS)
 
 # --- Benchmarks (figures printed; never timed tests) ---------------------------------------------
 bench: bench-data ## Run every benchmark

@@ -21,12 +21,19 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
 
 
-def parse_config(cls: type[T], description: str, argv: list[str] | None = None,
+def make_parser(cls: type, description: str | None, help_texts: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field of `cls`."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)  # a typo must not silently match another flag
+    add_dataclass_flags(parser, cls, help_texts)
+    return parser
+
+
+def parse_config(cls: type[T], description: str | None, argv: list[str] | None = None,
                  config_flag: str = "config_path", help_texts: dict[str, str] | None = None) -> T:
     """Parse `--<config_flag> FILE` plus one flag per field of `cls`, then merge defaults < file < flags."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = make_parser(cls, description, help_texts)
     parser.add_argument(f"--{config_flag}", type=Path, default=None, help="JSON config file (CLI flags override it)")
-    add_dataclass_flags(parser, cls, help_texts)
     args = vars(parser.parse_args(argv))
     config_path = args.pop(config_flag)
     return load_config(cls, config_path, args)

@@ -102,17 +102,21 @@ def read_json_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], json_path: Path | None = None, overrides: dict[str, Any] | None = None) -> T:
-    """Build `cls` from its defaults, then the JSON file, then explicit overrides (CLI flags)."""
+def merge_config(cls: type[T], layers: list[tuple[dict[str, Any], str]]) -> T:
+    """Build `cls` from its defaults and then each (values, source name) layer in order, validating each."""
     values: dict[str, Any] = {}
-    if json_path is not None:
-        values.update(validate_mapping(cls, read_json_config(json_path), str(json_path)))
-    if overrides:
-        values.update(validate_mapping(cls, overrides, "command line"))
+    for layer, source in layers:
+        values.update(validate_mapping(cls, layer, source))
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def load_config(cls: type[T], json_path: Path | None = None, overrides: dict[str, Any] | None = None) -> T:
+    """Build `cls` from its defaults, then the JSON file, then explicit overrides (CLI flags)."""
+    layers = [(read_json_config(json_path), str(json_path))] if json_path is not None else []
+    return merge_config(cls, layers + [(overrides or {}, "command line")])
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, help_texts: dict[str, str] | None = None) -> None:

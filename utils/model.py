@@ -67,6 +67,7 @@ class ModelPreset:
     params_millions: float  # the label's claim, checked against count_parameters by the tests
     description: str
     model: ModelConfig
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)  # stage 02 defaults for this size
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def load_preset(path_or_name: str | Path) -> ModelPreset:
         path = PRESET_DIR / f"{path_or_name}.json"
     data = read_json_config(path)
     source = str(path)
-    header = {k: v for k, v in data.items() if k != "model"}
+    header = {k: v for k, v in data.items() if k not in ("model", "training")}
     missing = {"name", "label", "params_millions", "description", "model"} - set(data)
     if missing:
         raise ConfigError(f"{source}: missing keys {sorted(missing)} in model preset")
@@ -95,7 +96,10 @@ def load_preset(path_or_name: str | Path) -> ModelPreset:
         model = ModelConfig(**model_values)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
-    return ModelPreset(model=model, **header)
+    training = data.get("training", {})
+    if not isinstance(training, dict):
+        raise ConfigError(f"{source}: 'training' must be an object of stage 02 settings")
+    return ModelPreset(model=model, training=training, **header)
 
 
 def count_parameters(model: ModelConfig) -> ParameterCount:

@@ -1,0 +1,207 @@
+"""Stage 02: one training step, exact resume after SIGKILL, checkpoint integrity, HF export, loud failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from utils.checkpoint import COMPLETE, CheckpointError, complete_checkpoints, resolve_resume_path
+from utils.data_prep import DataConfig, prepare_dataset
+from utils.errors import ConfigError
+from utils.metrics import read_metrics
+from utils.pretrain import load_pretrain_config, pretrain
+from utils.training import TrainingError
+
+REPO = Path(__file__).resolve().parents[1]
+KILL_POLL_S = 0.01
+RUN_TIMEOUT_S = 300
+TINY_TRAINING = {"learning_rate": 3e-3, "warmup_steps": 5, "max_steps": 12, "batch_size": 4, "max_length": 32,
+                 "logging_steps": 1, "eval_steps": 4, "save_steps": 4, "save_total_limit": 10, "eval_batches": 2,
+                 "num_samples": 1, "sample_max_new_tokens": 4, "mixed_precision": "no", "seed": 3}
+
+
+def _preset(directory: Path, dropout: float = 0.1, hidden: int = 64, **training: object) -> Path:
+    path = directory / f"preset_{hidden}.json"
+    path.write_text(json.dumps({
+        "name": "test", "label": "test-0.1M", "params_millions": 0.1, "description": "2 layers x 64 for tests",
+        "model": {"hidden_size": hidden, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "num_key_value_heads": 2, "vocab_size": 32768, "max_position_embeddings": 64,
+                  "attention_dropout": dropout},
+        "training": {**TINY_TRAINING, **training}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    config = DataConfig(name="demo", source="demo", demo_num_stories=600, vocab_size=400, max_length=64,
+                        num_workers=0, output_dir=str(root))
+    return prepare_dataset(config)
+
+
+@pytest.fixture(autouse=True)
+def reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _run_in_process(preset: Path, dataset: Path, out: Path, **cli: object) -> Path:
+    preset_obj, config = load_pretrain_config(str(preset), {"data_path": str(dataset), "output_dir": str(out), **cli})
+    return pretrain(str(preset), config, preset_obj)
+
+
+def _cli(preset: Path, dataset: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "scripts/02_pretrain.py", "--config", str(preset), "--data_path", str(dataset),
+            "--output_dir", str(out), *extra]
+
+
+def _train_records(out: Path) -> list[dict]:
+    return read_metrics(out / "metrics.jsonl", "train")
+
+
+def test_one_training_step_lowers_nothing_but_changes_weights(tmp_path: Path, dataset: Path) -> None:
+    final = _run_in_process(_preset(tmp_path), dataset, tmp_path / "run", max_steps=1, eval_steps=1, save_steps=1)
+    records = _train_records(tmp_path / "run")
+    assert len(records) == 1 and np.isfinite(records[0]["loss"]) and records[0]["tokens_per_s"] > 0
+    assert records[0]["mfu"] > 0 and records[0]["grad_norm"] > 0
+    assert (final / "model.safetensors").is_file() and (tmp_path / "run" / "loss.png").is_file()
+    meta = json.loads((final / "meta.json").read_text())
+    assert meta["step"] == 1 and meta["tokens_seen"] == 4 * 32 and meta["git_sha"]
+
+
+def test_loss_falls(tmp_path: Path, dataset: Path) -> None:
+    _run_in_process(_preset(tmp_path, dropout=0.0), dataset, tmp_path / "run", max_steps=40, eval_steps=20,
+                    save_steps=40)
+    losses = [r["loss"] for r in _train_records(tmp_path / "run")]
+    evals = read_metrics(tmp_path / "run" / "metrics.jsonl", "eval")
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 1.0
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path: Path, dataset: Path) -> None:
+    preset = _preset(tmp_path, max_steps=150, eval_steps=50, save_steps=5)
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(preset, dataset, reference), cwd=REPO, check=True, capture_output=True, timeout=RUN_TIMEOUT_S)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(preset, dataset, killed), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while not (killed / "step-000005" / COMPLETE).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
+        time.sleep(KILL_POLL_S)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    resumed_from = complete_checkpoints(killed)[-1].name
+    assert resumed_from != "step-000150"  # the kill landed mid-run
+
+    result = subprocess.run(_cli(preset, dataset, killed, "--resume_from_checkpoint", "auto"), cwd=REPO,
+                            capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    assert f"resumed from {killed / resumed_from}" in result.stderr
+    ref, res = _train_records(reference), _train_records(killed)
+    assert [r["step"] for r in res] == list(range(1, 151))
+    assert [r["loss"] for r in res] == [r["loss"] for r in ref]  # bitwise equal on CPU in deterministic mode
+    assert [r["batch_hash"] for r in res] == [r["batch_hash"] for r in ref]
+    assert len({r["batch_hash"] for r in res}) == 150  # no batch repeated within the epoch
+    ref_weights, res_weights = load_file(reference / "final" / "model.safetensors"), \
+        load_file(killed / "final" / "model.safetensors")
+    assert ref_weights.keys() == res_weights.keys()
+    assert all(torch.equal(ref_weights[k], res_weights[k]) for k in ref_weights)
+
+
+def test_final_round_trips_through_auto_classes(tmp_path: Path, dataset: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from utils.checkpoint import load_weights
+    from utils.model import ModelConfig, build_model
+
+    run = tmp_path / "run"
+    final = _run_in_process(_preset(tmp_path), dataset, run)
+    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    shape = json.loads((run / "step-000012" / "model_config.json").read_text())
+    reference = build_model(ModelConfig(**shape)).eval()
+    load_weights(reference, run / "step-000012")
+    ids = torch.tensor([tokenizer("Tom went to the park.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference(ids).logits)
+    assert tokenizer.chat_template and (final / "tokenizer.model").is_file()
+    assert json.loads((final / "generation_config.json").read_text())["eos_token_id"] == tokenizer.eos_token_id
+
+
+def test_incomplete_and_corrupt_checkpoints(tmp_path: Path, dataset: Path) -> None:
+    run = tmp_path / "run"
+    _run_in_process(_preset(tmp_path), dataset, run)
+    assert [p.name for p in complete_checkpoints(run)] == ["step-000004", "step-000008", "step-000012"]
+    (run / "step-000012" / COMPLETE).unlink()  # as if the run died while writing it
+    assert resolve_resume_path(run, "auto") == run / "step-000008"
+    with pytest.raises(CheckpointError, match="incomplete"):
+        resolve_resume_path(run, str(run / "step-000012"))
+    optimizer = run / "step-000008" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:-10] + b"corrupted!")
+    with pytest.raises(CheckpointError, match="optimizer.pt does not match its checksum"):
+        resolve_resume_path(run, str(run / "step-000008"))
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        resolve_resume_path(run, str(run / "step-999999"))
+
+
+def test_resume_with_a_different_model_shape_fails(tmp_path: Path, dataset: Path) -> None:
+    run = tmp_path / "run"
+    _run_in_process(_preset(tmp_path), dataset, run, max_steps=4)
+    with pytest.raises(CheckpointError, match="hidden_size: checkpoint 64 vs now 32"):
+        _run_in_process(_preset(tmp_path, hidden=32), dataset, run, max_steps=8, resume_from_checkpoint="auto")
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_good_checkpoints(tmp_path: Path, dataset: Path) -> None:
+    run = tmp_path / "run"
+    preset = _preset(tmp_path, learning_rate=1e6, warmup_steps=0, max_grad_norm=0.0, save_steps=1, eval_steps=100,
+                     max_steps=50)
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf) at step (\d+)") as info:
+        _run_in_process(preset, dataset, run)
+    bad_step = int(str(info.value).split("at step ")[1].split(";")[0])
+    assert [p.name for p in complete_checkpoints(run)][-1] == f"step-{bad_step - 1:06d}"
+    assert not (run / "final").exists()
+
+
+def test_out_of_memory_gives_advice(tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from utils.training import TrainingLoop
+
+    def oom(self):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(TrainingLoop, "_train_step", oom)
+    with pytest.raises(TrainingError, match="--batch_size.*--gradient_checkpointing.*--max_length"):
+        _run_in_process(_preset(tmp_path), dataset, tmp_path / "run")
+
+
+def test_config_errors(tmp_path: Path, dataset: Path) -> None:
+    with pytest.raises(ConfigError, match="--max_length 128 exceeds the model's context of 64"):
+        _run_in_process(_preset(tmp_path), dataset, tmp_path / "a", max_length=128)
+    with pytest.raises(ConfigError, match="--vocab_size 999 conflicts"):
+        _run_in_process(_preset(tmp_path), dataset, tmp_path / "b", vocab_size=999)
+    _run_in_process(_preset(tmp_path), dataset, tmp_path / "c", max_steps=4)
+    with pytest.raises(ConfigError, match="already holds checkpoints.*--resume_from_checkpoint auto"):
+        _run_in_process(_preset(tmp_path), dataset, tmp_path / "c", max_steps=4)
+
+
+def test_cli_exit_codes(tmp_path: Path, dataset: Path) -> None:
+    preset = _preset(tmp_path)
+    result = subprocess.run(_cli(preset, dataset, tmp_path / "run", "--resume_from_checkpoint", str(tmp_path / "x")),
+                            cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert result.returncode == 1 and "no such checkpoint" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run(_cli(preset, dataset, tmp_path / "run", "--learning_rat", "1"), cwd=REPO,
+                            capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert result.returncode == 2

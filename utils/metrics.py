@@ -1,0 +1,158 @@
+"""Training telemetry shared by every training stage: JSONL metrics, TensorBoard/W&B, loss.png, FLOPs and MFU.
+
+MFU = achieved model FLOPs / device peak. Model FLOPs per token follow the PaLM appendix: 6 × (matmul
+parameters) + 12 × layers × heads × head_dim × sequence length (attention scores and values, forward and
+backward). The peak comes from a table of dense bf16/fp16 tensor-core figures for common GPUs, or, on a CPU,
+from a matmul measured on this machine at the training precision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.model import ModelConfig, count_parameters
+
+log = logging.getLogger(__name__)
+
+# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' datasheets.
+GPU_PEAK_TFLOPS = {
+    "H200": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4,
+    "A100": 312.0, "A10G": 70.0, "A10": 125.0, "L40S": 362.1, "L40": 181.0, "L4": 121.0,
+    "RTX 4090": 165.2, "RTX 4080": 97.5, "RTX 3090": 71.0, "RTX A6000": 154.8, "V100": 125.0, "T4": 65.0,
+}
+CPU_PROBE_SIZE = 1024
+CPU_PROBE_REPEATS = 5
+KIB = 1024
+
+
+def matmul_params(model: ModelConfig) -> int:
+    """Parameters that take part in a matmul per token: all but the embedding lookup and the norms' gains."""
+    count = count_parameters(model)
+    norms = (2 * model.num_hidden_layers + 1) * model.hidden_size
+    return count.non_embedding - norms + model.vocab_size * model.hidden_size  # + the output projection
+
+
+def flops_per_token(model: ModelConfig, seq_len: int) -> float:
+    attention = 12 * model.num_hidden_layers * model.num_attention_heads * model.head_dim * seq_len
+    return 6 * matmul_params(model) + attention
+
+
+def gpu_peak_flops(device_name: str) -> float | None:
+    for key in sorted(GPU_PEAK_TFLOPS, key=len, reverse=True):  # "H100 PCIe" before "H100"
+        if key.lower() in device_name.lower():
+            return GPU_PEAK_TFLOPS[key] * 1e12
+    return None
+
+
+def cpu_peak_flops(dtype: torch.dtype) -> float:
+    """Measured matmul throughput of this CPU at `dtype` (the best of a few runs): our practical ceiling."""
+    a = torch.randn(CPU_PROBE_SIZE, CPU_PROBE_SIZE, dtype=dtype)
+    b = torch.randn(CPU_PROBE_SIZE, CPU_PROBE_SIZE, dtype=dtype)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(CPU_PROBE_REPEATS):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * CPU_PROBE_SIZE**3 / best
+
+
+def device_peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float | None, str]:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = gpu_peak_flops(name)
+        return peak, (f"{name} datasheet" if peak else f"{name} (unknown peak: MFU not reported)")
+    return cpu_peak_flops(dtype), f"CPU matmul measured at {dtype}"
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory allocated, or the process's peak resident memory on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB
+
+
+class MetricsLogger:
+    """Appends one JSON object per event to metrics.jsonl and mirrors scalars to TensorBoard or W&B."""
+
+    def __init__(self, run_dir: Path, report_to: str, enabled: bool, run_name: str, config: dict[str, Any]):
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = None
+        self._wandb = None
+        if not enabled:
+            return
+        if report_to == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        elif report_to == "wandb":
+            import wandb
+
+            self._wandb = wandb.init(project="lumi", name=run_name, config=config, dir=str(run_dir))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, forget events the killed run logged after its checkpoint: they are about to happen again."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, kind: str, step: int, **values: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": step, **values}
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        scalars = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(f"{kind}/{key}", value, step)
+        if self._wandb is not None:
+            self._wandb.log({f"{kind}/{k}": v for k, v in scalars.items()}, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(path: Path, kind: str) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == kind]
+
+
+def plot_loss(metrics_path: Path, out_path: Path, title: str) -> Path | None:
+    """Train and validation loss against step, written atomically as PNG."""
+    train = read_metrics(metrics_path, "train")
+    evals = read_metrics(metrics_path, "eval")
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", linewidth=1)
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    tmp = out_path.with_name(out_path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(out_path)
+    return out_path
