@@ -17,7 +17,7 @@ LEARNING_RATE ?=
 TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)) \
                $(if $(LEARNING_RATE),--learning_rate $(LEARNING_RATE)) $(ARGS)
 
-.PHONY: help install check-env install-flash-attn test test-fast \
+.PHONY: help install install-extra check-env install-flash-attn test test-fast \
         prepare prepare-demo prepare-wt2 prepare-wt103 prepare-wiki prepare-owt prepare-prose \
         pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny bench bench-data
 
@@ -33,6 +33,9 @@ $(STAMP): requirements.txt
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the pinned requirements (idempotent; ~1-2 min the first time)
+
+install-extra: $(STAMP) ## Optional extras: tensorboard, wandb, lm-eval (for --report_to and the lm-eval check)
+	$(PY) -m pip install --quiet -r requirements-extra.txt
 
 check-env: $(STAMP) ## Print Python/torch/transformers/accelerate/peft/trl versions, CUDA, GPU, bf16, attention kernel
 	$(PY) scripts/check_env.py
@@ -73,13 +76,13 @@ prepare-owt: $(STAMP) ## OpenWebText, first 1M documents, from the hub (network)
 	$(PY) scripts/01_prepare_data.py --config_path config/datasets/openwebtext.json $(ARGS)
 
 # --- Stage 02: pretraining (DATA=<prepared dataset> BATCH_SIZE= LEARNING_RATE= ARGS='<more flags>') ---------
-pretrain-tiny: $(STAMP) ## Pretrain tiny on DATA (default demo_tiny): ~10 min on 2 CPU cores, ~1 min on a 4090
+pretrain-tiny: $(STAMP) ## Pretrain tiny (default 1,000 steps) on DATA (default demo_tiny)
 	$(PY) scripts/02_pretrain.py --config config/tiny.json $(TRAIN_FLAGS)
 
-pretrain-small: $(STAMP) ## Pretrain small (42M) on DATA: hours on a 4090 (~6 GB at batch 32 x 1024)
+pretrain-small: $(STAMP) ## Pretrain small (42M) on DATA (a GPU is strongly advised)
 	$(PY) scripts/02_pretrain.py --config config/small.json $(TRAIN_FLAGS)
 
-pretrain-base: $(STAMP) ## Pretrain base (124M) on DATA: a day on a 4090 (~14 GB at batch 16 x 1024, bf16)
+pretrain-base: $(STAMP) ## Pretrain base (124M) on DATA (GPU; see make bench-train for throughput)
 	$(PY) scripts/02_pretrain.py --config config/base.json $(TRAIN_FLAGS)
 
 resume-pretrain-tiny: $(STAMP) ## Resume the tiny run from its newest complete checkpoint

@@ -156,6 +156,8 @@ def test_incomplete_and_corrupt_checkpoints(tmp_path: Path, dataset: Path) -> No
         resolve_resume_path(run, str(run / "step-000008"))
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         resolve_resume_path(run, str(run / "step-999999"))
+    with pytest.raises(CheckpointError, match="no complete checkpoint in .*empty"):
+        resolve_resume_path(tmp_path / "empty", "auto")
 
 
 def test_resume_with_a_different_model_shape_fails(tmp_path: Path, dataset: Path) -> None:

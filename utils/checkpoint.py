@@ -158,7 +158,7 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def resolve_resume_path(run_dir: Path, resume: str | None) -> Path | None:
-    """`auto` -> newest complete checkpoint in run_dir (or None); a path -> that checkpoint, verified."""
+    """`auto` -> newest complete checkpoint in run_dir; a path -> that checkpoint, verified; None -> None."""
     if resume is None:
         return None
     if resume == "auto":
@@ -166,7 +166,11 @@ def resolve_resume_path(run_dir: Path, resume: str | None) -> Path | None:
         skipped = [p.name for p in run_dir.glob("step-*") if p.is_dir() and p not in candidates]
         if skipped:
             log.warning("auto-resume: ignoring incomplete checkpoint directories %s", ", ".join(sorted(skipped)))
-        return candidates[-1] if candidates else None
+        if not candidates:
+            raise CheckpointError(f"--resume_from_checkpoint auto: no complete checkpoint in {run_dir} to resume. "
+                                  f"Start a new run without --resume_from_checkpoint, or point --output_dir at "
+                                  f"the run to continue.")
+        return candidates[-1]
     path = Path(resume)
     if path.is_file() and path.name == LATEST:
         path = path.parent / path.read_text().strip()

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from utils.errors import ConfigError
 from utils.model import ModelConfig, count_parameters
 
 log = logging.getLogger(__name__)
@@ -89,14 +90,18 @@ class MetricsLogger:
         self._wandb = None
         if not enabled:
             return
-        if report_to == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
+        try:
+            if report_to == "tensorboard":
+                from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-        elif report_to == "wandb":
-            import wandb
+                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            elif report_to == "wandb":
+                import wandb
 
-            self._wandb = wandb.init(project="lumi", name=run_name, config=config, dir=str(run_dir))
+                self._wandb = wandb.init(project="lumi", name=run_name, config=config, dir=str(run_dir))
+        except ImportError as exc:
+            raise ConfigError(f"--report_to {report_to} needs the {report_to} package ({exc}): run "
+                              f"make install-extra, or use --report_to none") from exc
 
     def truncate_after(self, step: int) -> None:
         """On resume, forget events the killed run logged after its checkpoint: they are about to happen again."""
