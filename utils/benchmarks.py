@@ -5,17 +5,23 @@ whose public names share a prefix:
 
   data_*  stage 01 on the prose corpus in ../shared/data/prose, at 1x and Nx size (throughput per stage, end to
           end, peak memory of a fresh process), plus a MinHash microbenchmark on short documents.
+  train_* stage 02: tokens/s and MFU of our training step for tiny, small and base, eager and compiled, beside a
+          plain-PyTorch reference step of the same shape; peak memory; checkpoint save time; GPU rows under CUDA.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import logging
 import multiprocessing
 import os
 import platform
 import resource
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +39,7 @@ from utils.config import load_config
 from utils.data_prep import DataConfig, prepare_dataset
 from utils.dedup import SCHEME, MinHasher, shingles
 from utils.errors import DataError, LumiError
+from utils.model import ModelConfig, count_parameters, load_preset
 from utils.sources import resolve_input_files
 
 log = logging.getLogger(__name__)
@@ -370,3 +377,503 @@ def data_format_report(result: DataBenchResult) -> str:
         + _data_stages_table(result.runs),
         format_checks(result.checks),
     ])
+
+
+# --- Training throughput (stage 02) ----------------------------------------------------------------------------
+#
+# Each configuration runs in a freshly spawned process (its own peak memory, its own Accelerate singleton). There
+# our real pipeline (`TrainingLoop._train_step` over `PretrainData`, wired as `utils.pretrain.pretrain` wires it)
+# and a plain-PyTorch reference step of the same shape are timed in alternating blocks, so machine noise hits both.
+# torch is imported inside these functions only: a module-level import would add ~135 MiB to every process the data
+# benchmark spawns and distort its peak-memory figures.
+
+TRAIN_REFERENCE_RATIO_TARGET = 0.9  # our step's tokens/s over the reference's, at equal precision on CPU
+TRAIN_GPU_MFU_TARGET = 0.40  # base at max_length 1024, bf16, compiled
+TRAIN_GPU_MFU_TARGET_DEVICE = "H100"  # the MFU target is set for this GPU; others get the figure without a verdict
+TRAIN_GPU_CHECKPOINT_TARGET_S = 5.0  # one save of base (weights, AdamW state, RNG) on a GPU machine
+TRAIN_CPU_CHECKPOINT_LIMIT_S = 30.0  # base is saved again on CPU only while one save takes less than this
+TRAIN_CHECKPOINT_REPEATS = 3
+TRAIN_PRESETS = ("tiny", "small", "base")
+# (batch, max_length) per preset on CPU. tiny trains at its own default shape; small and base are GPU presets whose
+# defaults (32 and 16 sequences of 1024 tokens, with accumulation) take minutes per step on 2 cores.
+TRAIN_CPU_SHAPES = {"tiny": (16, 256), "small": (4, 256), "base": (2, 256)}
+# (preset, --mixed_precision, --compile) rows measured on CPU; bf16 is the pipeline's CPU default.
+TRAIN_CPU_ROWS = (("tiny", "bf16", False), ("tiny", "no", False), ("tiny", "bf16", True),
+                  ("small", "bf16", False), ("small", "bf16", True), ("base", "bf16", False), ("base", "bf16", True))
+TRAIN_CPU_NOT_MEASURED = {
+    ("base", "bf16", True): "compiling base and the reference costs minutes on 2 CPU cores; eager base stands for it",
+}
+TRAIN_CHECKPOINT_PRESETS = ("tiny", "base")  # saved after their eager bf16 rows
+TRAIN_GPU_PRESET = "base"
+TRAIN_GPU_SHAPE = (16, 1024)
+TRAIN_DEMO_STORIES = 4000  # ~200k tokens: enough windows for every shape above
+TRAIN_DATA_VOCAB = 1024
+TRAIN_WARMUP_STEPS = 2  # the first step allocates optimizer state (and compiles under --compile)
+TRAIN_ROUNDS = 4
+TRAIN_STEPS_PER_ROUND = 2
+TRAIN_PRECISION_NAMES = {"bf16": "bf16", "no": "fp32"}
+TERA = 1e12
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class TrainCase:
+    """One configuration. `precision` is a --mixed_precision value; `reference` times the plain step beside ours."""
+
+    preset: str
+    batch_size: int
+    max_length: int
+    precision: str
+    compile: bool = False
+    gradient_checkpointing: bool = False
+    device: str = "cpu"
+    reference: bool = True
+    checkpoint_saves: int = 0
+    rounds: int = TRAIN_ROUNDS
+
+    @property
+    def label(self) -> str:
+        parts = [self.preset, f"{self.batch_size}x{self.max_length}", TRAIN_PRECISION_NAMES[self.precision],
+                 "compile" if self.compile else "eager"]
+        return " ".join(parts + (["grad-ckpt"] if self.gradient_checkpointing else []))
+
+
+@dataclass
+class TrainSkipped:
+    label: str
+    reason: str
+
+
+@dataclass
+class TrainCaseResult:
+    """Step times (seconds) of one configuration; tokens/s from the median step, MFU against `peak_flops`."""
+
+    case: TrainCase
+    params: int
+    flops_per_token: float
+    peak_flops: float | None
+    peak_source: str
+    first_step_s: float
+    reference_first_step_s: float | None
+    ours_step_s: list[float]
+    reference_step_s: list[float]
+    peak_memory_mib: float
+    checkpoint_save_s: list[float]
+    checkpoint_mib: float | None
+    ours_tokens_per_s: float = field(init=False)
+    reference_tokens_per_s: float | None = field(init=False)
+    ours_mfu: float | None = field(init=False)
+    reference_mfu: float | None = field(init=False)
+    ratio: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        tokens = self.case.batch_size * self.case.max_length
+        self.ours_tokens_per_s = tokens / statistics.median(self.ours_step_s)
+        self.reference_tokens_per_s = (tokens / statistics.median(self.reference_step_s)
+                                       if self.reference_step_s else None)
+        self.ours_mfu = self.mfu(self.ours_tokens_per_s)
+        self.reference_mfu = self.mfu(self.reference_tokens_per_s)
+        self.ratio = self.ours_tokens_per_s / self.reference_tokens_per_s if self.reference_tokens_per_s else None
+
+    def mfu(self, tokens_per_s: float | None) -> float | None:
+        if tokens_per_s is None or not self.peak_flops:
+            return None
+        return tokens_per_s * self.flops_per_token / self.peak_flops
+
+
+@dataclass
+class TrainBenchResult:
+    machine: dict[str, str]
+    torch_version: str
+    gpu: str | None
+    results: list[TrainCaseResult]
+    skipped: list[TrainSkipped]
+    checks: list[TargetCheck]
+
+
+def train_data_config(work_dir: Path) -> DataConfig:
+    return DataConfig(name="bench_train", source="demo", demo_num_stories=TRAIN_DEMO_STORIES,
+                      vocab_size=TRAIN_DATA_VOCAB, max_length=TRAIN_GPU_SHAPE[1], num_workers=0,
+                      output_dir=str(work_dir), force=True)
+
+
+def train_plan(quick: bool, gpu: str | None, rounds: int = TRAIN_ROUNDS) -> tuple[list[TrainCase], list[TrainSkipped]]:
+    """The CPU rows (tiny only under --quick), then the GPU rows when a CUDA device is present."""
+    cases: list[TrainCase] = []
+    skipped: list[TrainSkipped] = []
+    for preset, precision, compiled in TRAIN_CPU_ROWS:
+        batch, length = TRAIN_CPU_SHAPES[preset]
+        saves = TRAIN_CHECKPOINT_REPEATS if preset in TRAIN_CHECKPOINT_PRESETS and precision == "bf16" \
+            and not compiled else 0
+        case = TrainCase(preset, batch, length, precision, compiled, checkpoint_saves=saves, rounds=rounds)
+        reason = "--quick measures tiny only" if quick and preset != "tiny" else \
+            TRAIN_CPU_NOT_MEASURED.get((preset, precision, compiled))
+        if reason:
+            skipped.append(TrainSkipped(f"CPU {case.label}", reason))
+        else:
+            cases.append(case)
+    if gpu is None:
+        skipped.append(TrainSkipped("GPU rows", "no CUDA device on this machine (torch.cuda.is_available() is "
+                                                "False): GPU figures were not measured"))
+        return cases, skipped
+    batch, length = TRAIN_GPU_SHAPE
+    for compiled in (False, True):
+        for checkpointing in (False, True):
+            saves = TRAIN_CHECKPOINT_REPEATS if not (compiled or checkpointing) else 0
+            cases.append(TrainCase(TRAIN_GPU_PRESET, batch, length, "bf16", compiled, checkpointing, device="cuda",
+                                   reference=False, checkpoint_saves=saves, rounds=rounds))
+    return cases, skipped
+
+
+def _train_never_called(*_: Any) -> Any:
+    raise AssertionError("the training benchmark never evaluates or exports")
+
+
+def train_pipeline_loop(case: TrainCase, data_path: Path, run_dir: Path) -> Any:
+    """Our stage 02 pieces, wired as `utils.pretrain.pretrain` wires them, minus evaluation and exports."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from utils.environment import choose_attention
+    from utils.metrics import flops_per_token
+    from utils.model import build_model
+    from utils.pretrain import PretrainData, load_pretrain_config, resolve_model
+    from utils.token_data import SampleOrder, TokenWindows, load_dataset_info
+    from utils.tokenizer import PAD_ID
+    from utils.training import Evaluator, RunContext, TrainingLoop, resolve_precision, set_determinism
+
+    cli = {"data_path": str(data_path), "output_dir": str(run_dir), "batch_size": case.batch_size,
+           "max_length": case.max_length, "gradient_accumulation_steps": 1, "mixed_precision": case.precision,
+           "compile": case.compile, "gradient_checkpointing": case.gradient_checkpointing}
+    preset, config = load_pretrain_config(case.preset, cli)
+    info = load_dataset_info(data_path)
+    model_config, max_length = resolve_model(preset, config, info)
+    # The demo tokenizer has 1,024 pieces; the presets are sized for 32,768. Keeping the preset's embedding and tied
+    # head makes parameters and FLOPs the preset's, and ids < 1,024 are valid rows of the larger table.
+    model_config = dataclasses.replace(model_config, vocab_size=preset.model.vocab_size)
+    set_determinism(config.deterministic)
+    accelerator = Accelerator(mixed_precision=resolve_precision(config.mixed_precision, case.device),
+                              cpu=case.device == "cpu")
+    set_seed(config.seed)
+    model = build_model(model_config, attn_implementation=choose_attention(no_flash_attn=not config.flash_attn),
+                        bos_token_id=info.bos_id, eos_token_id=info.eos_id, pad_token_id=PAD_ID, use_cache=False)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    train = TokenWindows(info, "train", max_length)
+    data = PretrainData(train, SampleOrder(train.num_windows, config.seed), config.batch_size,
+                        accelerator.process_index, accelerator.num_processes)
+    shape = dataclasses.asdict(model_config)
+    context = RunContext(run_dir=run_dir, resolved_config={"preset": case.preset, "model": shape,
+                                                           "max_length": max_length, **dataclasses.asdict(config)},
+                         model_shape=shape, meta={"stage": "bench-train"}, tokens_per_sample=max_length,
+                         flops_per_token=flops_per_token(model_config, max_length), export_final=_train_never_called,
+                         run_name=f"bench-train-{case.preset}")
+    return TrainingLoop(accelerator, model, config, data, Evaluator(evaluate=_train_never_called), context)
+
+
+def train_reference_parameters(shape: ModelConfig, device: Any) -> dict[str, Any]:
+    """LLaMA weights as a flat dict: tied embedding/head, per layer q/k/v/o, SwiGLU gate/up/down and two RMSNorms."""
+    import torch
+
+    hidden, attention = shape.hidden_size, shape.num_attention_heads * shape.head_dim
+    kv = shape.kv_heads * shape.head_dim
+
+    def matrix(rows: int, cols: int) -> torch.nn.Parameter:
+        return torch.nn.Parameter(torch.randn(rows, cols, device=device) * shape.initializer_range)
+
+    def gain() -> torch.nn.Parameter:
+        return torch.nn.Parameter(torch.ones(hidden, device=device))
+
+    params = {"embed": matrix(shape.vocab_size, hidden), "norm": gain()}
+    for layer in range(shape.num_hidden_layers):
+        prefix = f"layers.{layer}."
+        params |= {prefix + "attn_norm": gain(), prefix + "q": matrix(attention, hidden),
+                   prefix + "k": matrix(kv, hidden), prefix + "v": matrix(kv, hidden),
+                   prefix + "o": matrix(hidden, attention), prefix + "mlp_norm": gain(),
+                   prefix + "gate": matrix(shape.intermediate_size, hidden),
+                   prefix + "up": matrix(shape.intermediate_size, hidden),
+                   prefix + "down": matrix(hidden, shape.intermediate_size)}
+    return params
+
+
+def train_rope_tables(shape: ModelConfig, device: Any) -> tuple[Any, Any]:
+    """cos and sin of every position's rotation angles, each (positions, head_dim), in the rotate-half layout."""
+    import torch
+
+    exponents = torch.arange(0, shape.head_dim, 2, dtype=torch.float32, device=device) / shape.head_dim
+    positions = torch.arange(shape.max_position_embeddings, dtype=torch.float32, device=device)
+    angles = torch.outer(positions, 1.0 / shape.rope_theta ** exponents)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def _train_rope(x: Any, cos: Any, sin: Any) -> Any:
+    import torch
+
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+def _train_attention(params: dict[str, Any], prefix: str, shape: ModelConfig, x: Any, cos: Any, sin: Any) -> Any:
+    import torch.nn.functional as F
+
+    batch, length, _ = x.shape
+    heads, kv_heads, head_dim = shape.num_attention_heads, shape.kv_heads, shape.head_dim
+    q = F.linear(x, params[prefix + "q"]).view(batch, length, heads, head_dim).transpose(1, 2)
+    k = F.linear(x, params[prefix + "k"]).view(batch, length, kv_heads, head_dim).transpose(1, 2)
+    v = F.linear(x, params[prefix + "v"]).view(batch, length, kv_heads, head_dim).transpose(1, 2)
+    q, k = _train_rope(q, cos[:length], sin[:length]), _train_rope(k, cos[:length], sin[:length])
+    if kv_heads < heads:  # grouped-query attention: each kv head serves heads // kv_heads query heads
+        k = k.repeat_interleave(heads // kv_heads, dim=1)
+        v = v.repeat_interleave(heads // kv_heads, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.linear(out.transpose(1, 2).reshape(batch, length, heads * head_dim), params[prefix + "o"])
+
+
+def train_reference_loss(params: dict[str, Any], shape: ModelConfig, cos: Any, sin: Any, input_ids: Any,
+                         targets: Any) -> Any:
+    """Mean next-token cross-entropy of the reference LLaMA (pre-norm blocks, SwiGLU, tied head)."""
+    import torch.nn.functional as F
+
+    hidden, eps = (shape.hidden_size,), shape.rms_norm_eps
+    x = F.embedding(input_ids, params["embed"])
+    for layer in range(shape.num_hidden_layers):
+        prefix = f"layers.{layer}."
+        x = x + _train_attention(params, prefix, shape, F.rms_norm(x, hidden, params[prefix + "attn_norm"], eps),
+                                 cos, sin)
+        h = F.rms_norm(x, hidden, params[prefix + "mlp_norm"], eps)
+        x = x + F.linear(F.silu(F.linear(h, params[prefix + "gate"])) * F.linear(h, params[prefix + "up"]),
+                         params[prefix + "down"])
+    logits = F.linear(F.rms_norm(x, hidden, params["norm"], eps), params["embed"])
+    return F.cross_entropy(logits.view(-1, shape.vocab_size), targets.view(-1))
+
+
+class TrainReference:
+    """A plain-PyTorch LLaMA training step of our shape: RMSNorm, RoPE, SwiGLU, SDPA, tied head, fused AdamW.
+
+    Functions over a dict of weights rather than nn.Modules, so that this module need not import torch at the top
+    (see the section comment). One step: zero_grad, forward under autocast, loss, backward, clip, AdamW step.
+    """
+
+    def __init__(self, shape: ModelConfig, loop: Any, precision: str, compiled: bool, batch: dict[str, Any]) -> None:
+        import torch
+
+        device = loop.device
+        self.shape = shape
+        self.params = train_reference_parameters(shape, device)
+        count, expected = sum(p.numel() for p in self.params.values()), count_parameters(shape).total
+        if count != expected:
+            raise LumiError(f"the reference model has {count:,} parameters, the pipeline's {expected:,}")
+        self.cos, self.sin = train_rope_tables(shape, device)
+        config = loop.config
+        groups = [{"params": [p for p in self.params.values() if p.ndim >= 2], "weight_decay": config.weight_decay},
+                  {"params": [p for p in self.params.values() if p.ndim < 2], "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, eps=config.adam_epsilon, fused=True,
+                                           betas=(config.adam_beta1, config.adam_beta2))
+        self.max_grad_norm = config.max_grad_norm
+        self.loss = torch.compile(train_reference_loss) if compiled else train_reference_loss
+        self.autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16,
+                                          enabled=precision == "bf16")
+        self.input_ids = batch["input_ids"].to(device)
+        self.targets = batch["shift_labels"].to(device)
+
+    def step(self) -> None:
+        import torch
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = self.loss(self.params, self.shape, self.cos, self.sin, self.input_ids, self.targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params.values(), self.max_grad_norm)
+        self.optimizer.step()
+
+
+def _train_time_steps(step: Callable[[], object], count: int, device: Any) -> list[float]:
+    import torch
+
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":  # kernels run asynchronously: wait for them before reading the clock
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _train_interleave(steps: dict[str, Callable[[], object]], rounds: int, device: Any) -> dict[str, list[float]]:
+    """Blocks of TRAIN_STEPS_PER_ROUND steps in ABBA order, so slow drift in the machine hits every step alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for index in range(rounds):
+        for name in (list(steps) if index % 2 == 0 else list(reversed(steps))):
+            times[name] += _train_time_steps(steps[name], TRAIN_STEPS_PER_ROUND, device)
+    return times
+
+
+def _train_checkpoint_saves(loop: Any, run_dir: Path, count: int, limit_s: float) -> tuple[list[float], float | None]:
+    """`save_checkpoint` of the live pipeline state, each into a new directory; stops early after a save > limit_s."""
+    from utils.checkpoint import save_checkpoint
+
+    times: list[float] = []
+    size = None
+    accelerator, context = loop.accelerator, loop.context
+    for index in range(count):
+        target = run_dir / f"save-{index}"
+        start = time.perf_counter()
+        path = save_checkpoint(target, accelerator, accelerator.unwrap_model(loop.model), loop.optimizer,
+                               loop.scheduler, accelerator.scaler, loop.state, context.model_shape,
+                               context.resolved_config, context.meta)
+        times.append(time.perf_counter() - start)
+        size = sum(p.stat().st_size for p in path.iterdir()) / MIB
+        shutil.rmtree(target)  # base checkpoints are ~1.5 GB each
+        log.info("checkpoint save %d: %.2f s, %.0f MiB", index + 1, times[-1], size)
+        if times[-1] > limit_s:
+            break
+    return times, size
+
+
+def train_measure_case(case: TrainCase, data_path: Path) -> TrainCaseResult:
+    """Warm up ours, note its peak memory (before the reference exists), then time ours and the reference."""
+    from utils.metrics import memory_mb
+
+    with tempfile.TemporaryDirectory(prefix="lumi-bench-train-") as run_dir:
+        loop = train_pipeline_loop(case, data_path, Path(run_dir))
+        # The loop's own step, private but exactly what `TrainingLoop.run` calls: data, forward, backward, clip, step.
+        ours = loop._train_step
+        warmup = _train_time_steps(ours, TRAIN_WARMUP_STEPS, loop.device)
+        memory = memory_mb(loop.device)
+        steps: dict[str, Callable[[], object]] = {"ours": ours}
+        reference_first = None
+        shape = ModelConfig(**loop.context.model_shape)
+        if case.reference:
+            reference = TrainReference(shape, loop, case.precision, case.compile, loop.data.micro_batches(0, 1)[0])
+            reference_first = _train_time_steps(reference.step, TRAIN_WARMUP_STEPS, loop.device)[0]
+            steps["reference"] = reference.step
+        log.info("%s: warmed up (first step %.1f s); timing %d rounds of %d steps", case.label, warmup[0],
+                 case.rounds, TRAIN_STEPS_PER_ROUND)
+        times = _train_interleave(steps, case.rounds, loop.device)
+        limit = TRAIN_CPU_CHECKPOINT_LIMIT_S if case.device == "cpu" else float("inf")
+        saves, size = _train_checkpoint_saves(loop, Path(run_dir), case.checkpoint_saves, limit)
+    return TrainCaseResult(case, count_parameters(shape).total, loop.context.flops_per_token, loop.peak_flops,
+                           loop.peak_source, warmup[0], reference_first, times["ours"], times.get("reference", []),
+                           memory, saves, size)
+
+
+def _train_case_child(case: TrainCase, data_path: Path, log_level: int, conn: Connection) -> None:
+    setup_logging(log_level)
+    try:
+        conn.send(("ok", train_measure_case(case, data_path)))
+    except LumiError as exc:
+        conn.send(("error", str(exc)))
+    finally:
+        conn.close()
+
+
+def train_run_case(case: TrainCase, data_path: Path) -> TrainCaseResult:
+    """Measure one configuration in a freshly spawned interpreter."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_train_case_child,
+                              args=(case, data_path, logging.getLogger().getEffectiveLevel(), send))
+    log.info("measuring %s on %s in a fresh process", case.label, case.device)
+    process.start()
+    send.close()
+    try:
+        status, value = receive.recv()
+    except EOFError:
+        status, value = "died", None
+    process.join()
+    if status != "ok":
+        reason = value or f"its process exited with code {process.exitcode} and no result (see the log above)"
+        raise LumiError(f"training benchmark {case.label} on {case.device} failed: {reason}")
+    return value
+
+
+def _train_checks(results: Sequence[TrainCaseResult], gpu: str | None) -> list[TargetCheck]:
+    checks = [TargetCheck(f"ours / reference tokens/s, CPU {r.case.label}", r.ratio, TRAIN_REFERENCE_RATIO_TARGET,
+                          "x") for r in results if r.ratio is not None]
+    for result in results:
+        case = result.case
+        if case.device != "cuda":
+            continue
+        if case.compile and not case.gradient_checkpointing and result.ours_mfu is not None \
+                and TRAIN_GPU_MFU_TARGET_DEVICE in (gpu or ""):
+            checks.append(TargetCheck(f"MFU {case.label}, {gpu}", 100 * result.ours_mfu,
+                                      100 * TRAIN_GPU_MFU_TARGET, "%"))
+        if result.checkpoint_save_s:
+            checks.append(TargetCheck(f"checkpoint save {case.preset}, GPU machine",
+                                      statistics.median(result.checkpoint_save_s), TRAIN_GPU_CHECKPOINT_TARGET_S, "s",
+                                      higher_is_better=False))
+    return checks
+
+
+def train_run_benchmark(work_dir: Path, quick: bool, rounds: int = TRAIN_ROUNDS) -> TrainBenchResult:
+    """Prepare a demo dataset once, then measure every planned configuration, each in a fresh process."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    data_path = prepare_dataset(train_data_config(work_dir))
+    cases, skipped = train_plan(quick, gpu, rounds)
+    results = [train_run_case(case, data_path) for case in cases]
+    return TrainBenchResult(machine_info(), torch.__version__, gpu, results, skipped, _train_checks(results, gpu))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _train_speed_table(results: Sequence[TrainCaseResult]) -> str:
+    rows = [[r.case.label, _number(r.params / MB, 1), _number(r.ours_tokens_per_s, 0), _percent(r.ours_mfu),
+             _number(r.reference_tokens_per_s, 0), _percent(r.reference_mfu), _number(r.ratio, 2),
+             _number(r.peak_flops / TERA if r.peak_flops else None, 2),
+             f"{r.first_step_s:.1f} / {_number(r.reference_first_step_s, 1)}", _number(r.peak_memory_mib, 0)]
+            for r in results]
+    return format_table(["configuration (batch x seq)", "params M", "ours tok/s", "ours MFU", "ref tok/s", "ref MFU",
+                         "ours/ref", "peak TFLOP/s", "1st step s ours/ref", "peak MiB"], rows)
+
+
+def _train_checkpoint_table(results: Sequence[TrainCaseResult]) -> str:
+    rows = [[f"{r.case.preset} ({r.case.device})", _number(r.checkpoint_mib, 0), str(len(r.checkpoint_save_s)),
+             _number(statistics.median(r.checkpoint_save_s), 2),
+             f"{min(r.checkpoint_save_s):.2f}-{max(r.checkpoint_save_s):.2f}"]
+            for r in results if r.checkpoint_save_s]
+    return format_table(["checkpoint save (weights, AdamW, RNG)", "MiB", "saves", "median s", "range s"], rows)
+
+
+def _train_notes(result: TrainBenchResult) -> str:
+    sources = sorted({f"{TRAIN_PRECISION_NAMES[r.case.precision]}: {r.peak_source}" for r in result.results})
+    return "\n".join([
+        f"data: the demo corpus ({TRAIN_DEMO_STORIES:,} stories, a {TRAIN_DATA_VOCAB:,}-piece tokenizer) through "
+        f"PretrainData; the models keep the presets' {load_preset(TRAIN_PRESETS[0]).model.vocab_size:,}-row embedding and tied head (ids < "
+        f"{TRAIN_DATA_VOCAB:,} are valid rows), so parameters and FLOPs are the presets'.",
+        "ours: TrainingLoop._train_step of the real pipeline (Accelerate autocast, HF LlamaForCausalLM with SDPA, "
+        "fused AdamW, clipping, LR schedule), one micro-batch per optimizer step. ref: the plain-PyTorch step in "
+        "utils/benchmarks.py (same shape, parameter count, optimizer settings, precision and batch).",
+        f"tokens/s from the median of {result.results[0].case.rounds * TRAIN_STEPS_PER_ROUND if result.results else 0}"
+        f" steps each, timed in alternating blocks of {TRAIN_STEPS_PER_ROUND} after {TRAIN_WARMUP_STEPS} warm-up "
+        f"steps; peak MiB: the process's peak RSS (CPU) or max allocated (GPU) after our warm-up, before the "
+        f"reference is built.",
+        "MFU = tokens/s x (6 x matmul params + 12 x layers x heads x head_dim x seq) / peak; peak: "
+        + "; ".join(sources) + ".",
+    ])
+
+
+def train_format_report(result: TrainBenchResult) -> str:
+    machine = result.machine
+    cpu = [r for r in result.results if r.case.device == "cpu"]
+    gpu = [r for r in result.results if r.case.device == "cuda"]
+    sections = [
+        f"Lumi training benchmark (stage 02)\nmachine: {machine['processor']}, {machine['cpus']} CPUs, "
+        f"{machine['python']}, torch {result.torch_version}; GPU: {result.gpu or 'none'}",
+        _train_notes(result),
+        "CPU\n" + _train_speed_table(cpu),
+    ]
+    if gpu:
+        sections.append(f"GPU ({result.gpu})\n" + _train_speed_table(gpu))
+    if result.skipped:
+        sections.append("\n".join(f"not measured: {s.label}: {s.reason}" for s in result.skipped))
+    if any(r.checkpoint_save_s for r in result.results):
+        sections.append(_train_checkpoint_table(result.results))
+    sections.append(format_checks(result.checks))
+    return "\n\n".join(sections)

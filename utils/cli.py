@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,9 @@ log = logging.getLogger("lumi")
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    """INFO on the main process; under torchrun/accelerate launch the other ranks log warnings only."""
+    if os.environ.get("RANK", "0") != "0":
+        level = max(level, logging.WARNING)
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
 
 
