@@ -98,7 +98,7 @@ def test_mc_rows(rows: dict[str, list[dict]]) -> None:
     labels = set()
     for i, row in enumerate(rows["mc_validation.jsonl"]):
         assert row["ind"] == i and row["source_id"] == f"demo_tiny-{i}" and row["split"] == "validation"
-        assert row["ctx"] == row["ctx_a"] + " " + row["ctx_b"]
+        assert row["ctx"] == row["ctx_a"] and row["ctx_b"] == ""  # see _mc_row: names must not be lowercased
         endings, label = row["endings"], row["label"]
         assert len(endings) == 4 and len(set(endings)) == 4 and label in range(4)
         labels.add(label)
@@ -120,7 +120,7 @@ def test_held_out_stories_do_not_overlap_pretraining(rows: dict[str, list[dict]]
     held_out = [r["prompt"].split(QUESTION_SEPARATOR)[0]
                 for name in ("sft_train.json", "sft_eval.json", "dpo_train.json", "dpo_eval.json")
                 for r in rows[name]]
-    held_out += [row["ctx_a"] for row in rows["mc_validation.jsonl"]]
+    held_out += [row["ctx_a"][: row["ctx_a"].rindex(". ") + 1] for row in rows["mc_validation.jsonl"]]  # the story
     assert len(set(held_out)) == len(held_out)
     assert not pretraining & set(held_out)
 

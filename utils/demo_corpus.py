@@ -347,7 +347,9 @@ def _mc_row(story: Story, rng: random.Random) -> dict[str, object]:
     endings = [e + tail for e in rng.sample(pool, MC_NUM_ENDINGS - 1)]
     label = rng.randrange(MC_NUM_ENDINGS)
     endings.insert(label, correct + tail)
-    return {"activity_label": MC_ACTIVITY_LABEL, "ctx_a": story.text, "ctx_b": ctx_b, "ctx": ctx,
+    # The whole context goes in ctx_a: lm-eval builds ctx_a + " " + ctx_b.capitalize(), and capitalize() would
+    # lowercase the names in ctx_b that the right ending copies ("Tom" -> "tom").
+    return {"activity_label": MC_ACTIVITY_LABEL, "ctx_a": ctx, "ctx_b": "", "ctx": ctx,
             "endings": endings, "label": label, "split": "validation"}
 
 

@@ -8,16 +8,16 @@ What we match, function by function:
 * BOS: 0.4.13's `add_bos_token` defaults to None, which passes NO add_special_tokens argument, so the tokenizer's
   own default decides (`_add_special_kwargs`); a string that already starts with the BOS text is encoded without
   special tokens (`has_bos_prefix`). Lumi's tokenizer adds none, so nothing is prepended; a HF LLaMA tokenizer
-  would prepend <s>. `add_bos_token=True/False` forces it, like `--model_args add_bos_token=...`. (Releases before
-  0.4.6 defaulted to add_bos_token=False.)
+  would prepend <s>. `add_bos_token=True/False` forces it, like `--model_args add_bos_token=...`. (Earlier 0.4.x
+  releases defaulted to add_bos_token=False, so published numbers may differ for tokenizers that add BOS.)
 * Batching (`HFLM._loglikelihood_tokens`): requests sorted by descending total length (the Collator's key),
   input = (context + continuation)[-(max_length + 1):][:-1] (left truncation), right padding, one forward per
   batch, the last len(continuation) logits gathered; is_greedy = every continuation token is the argmax.
   max_length defaults to the model config's n_positions / max_position_embeddings / n_ctx (`resolve_max_length`).
-  Differences that do not change the numbers: we pass an attention mask (lm-eval passes none; with right padding a
-  causal LM's real positions cannot see the pads either way), log_softmax runs in float32 (lm-eval:
-  model dtype unless softmax_dtype is set), and one-token continuations sharing a context are not deduplicated
-  (lm-eval's logits cache only saves compute).
+  Like lm-eval we pass no attention mask: with right padding a causal LM's real positions never see the pads.
+  Differences that do not change the numbers: log_softmax runs in float32 (lm-eval: model dtype unless
+  softmax_dtype is set), and one-token continuations sharing a context are not deduplicated (lm-eval's logits
+  cache only saves compute).
 * Multiple choice (`ConfigurableTask.process_results`): acc = argmax of summed loglikelihoods, acc_norm = argmax of
   ll / len(choice) in CHARACTERS of the choice string without the target delimiter, acc_bytes = argmax of
   ll / UTF-8 bytes of the same string; ties go to the first choice (np.argmax). stderr = `mean_stderr`
@@ -47,7 +47,7 @@ TARGET_DELIMITER = " "  # lm-eval's default between context and choice
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither config nor tokenizer names a length
 SEQLEN_CONFIG_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx")  # resolve_max_length's order
 TOKENIZER_INFINITY = 1000000000000000019884624838656  # transformers' "no limit" model_max_length
-PAD_TOKEN_ID = 0  # pad_and_concat pads with zeros; masked anyway
+PAD_TOKEN_ID = 0  # pad_and_concat pads with zeros; causal attention keeps pads out of real positions
 
 TokenPair = tuple[list[int], list[int]]
 
@@ -168,13 +168,13 @@ class LoglikelihoodScorer:
                   for context_enc, continuation_enc in batch]
         width = max(len(tokens) for tokens in inputs)
         input_ids = torch.full((len(inputs), width), PAD_TOKEN_ID, dtype=torch.long)
-        attention_mask = torch.zeros((len(inputs), width), dtype=torch.long)
         for row, tokens in enumerate(inputs):
             input_ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            attention_mask[row, :len(tokens)] = 1
         with torch.inference_mode():
-            logits = self.model(input_ids=input_ids.to(self.device),
-                                attention_mask=attention_mask.to(self.device)).logits
+            # No attention mask, as in lm-eval: pads only follow a row's real tokens, and causal attention never
+            # lets a position see later ones. Without a mask SDPA also keeps its fused causal kernel; a padding
+            # mask made long BoolQ batches 2-3x slower on CPU (batch x length x length scores materialised).
+            logits = self.model(input_ids=input_ids.to(self.device)).logits
             self.stats.forward_passes += 1
             self.stats.tokens += input_ids.numel()
             results = []
@@ -242,7 +242,7 @@ def score_multiple_choice(items: Sequence[MultipleChoiceItem], scorer: Loglikeli
 
 
 def mean_stderr(values: Sequence[float]) -> float | None:
-    """lm-eval `mean_stderr`: sample standard deviation (n - 1) / sqrt(n); None ("N/A") below 2 values."""
+    """lm-eval `mean_stderr`: sample standard deviation (divisor n - 1) / sqrt(n); None ("N/A") below 2 values."""
     if len(values) < 2:
         return None
     mean = sum(values) / len(values)
@@ -318,7 +318,7 @@ def rolling_loglikelihood(scorer: LoglikelihoodScorer, documents: Sequence[str |
     exp(-sum ll / sum words), byte_perplexity = exp(-sum ll / sum bytes), bits_per_byte = -sum ll / sum bytes / ln 2;
     token_perplexity = exp(-sum ll / tokens scored).
     """
-    stride = stride or scorer.max_length
+    stride = scorer.max_length if stride is None else stride
     if not 1 <= stride <= scorer.max_length:
         raise ConfigError(f"stride must be in 1..max_length ({scorer.max_length}), got {stride}")
     docs = [RollingDocument.from_text(doc) if isinstance(doc, str) else doc for doc in documents]
