@@ -72,7 +72,7 @@ def test_stories_are_well_formed(rows: dict[str, list[dict]]) -> None:
     for row in rows["stories.jsonl"]:
         text = row["text"]
         sentences = text.split(". ")
-        assert 3 <= len(sentences) <= 8, text
+        assert 4 <= len(sentences) <= 9, text  # 3-8 story sentences + the closing callback
         assert text.endswith(".") and all(s[0].isupper() for s in sentences), text
         assert text.isascii()
         assert not re.search(r"\ba [aeiouAEIOU]|\ban [^aeiouAEIOU]", text), text

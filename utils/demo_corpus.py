@@ -277,7 +277,7 @@ def iter_demo_stories(seed: int, num_stories: int) -> Iterator[str]:
     """The pretraining stories, lazily (used by the data-preparation stage for streaming)."""
     rng = _stream_rng(seed, "stories")
     for _ in range(num_stories):
-        yield _make_story(rng).text
+        yield _pretraining_text(_make_story(rng), rng)
 
 
 def _held_out_stories(rng: random.Random, seen: set[str]) -> Iterator[Story]:
@@ -331,18 +331,31 @@ def _mc_entity(story: Story, kind: str) -> str:
     return story.companion.name  # "gift" and "goodbye"
 
 
-def _mc_row(story: Story, rng: random.Random) -> dict[str, object]:
-    """A HellaSwag row without its position fields ("ind", "source_id")."""
+def _callback(story: Story, rng: random.Random) -> tuple[str, str, str, str]:
+    """A closing sentence that refers back to an entity of the story, as (kind, start, entity, tail).
+
+    Pretraining stories end with one, so a model learns that such sentences copy an entity from the context;
+    the multiple-choice rows cut the same kind of sentence before its entity.
+    """
     gift_told = "gave" in story.facts  # the object is gone, so "pick it up" or "give it" would contradict
     available = {"place": True, "object": not gift_told, "gift": bool(story.companion) and not gift_told,
                  "goodbye": bool(story.companion), "animal": bool(story.animal)}
     kind = rng.choice([k for k, ok in available.items() if ok])
-    ctx_b, tail = rng.choice(MC_TEMPLATES[kind])
+    start, tail = rng.choice(MC_TEMPLATES[kind])
     slots = {"hero": story.hero.name, "his": story.hero.his, "thing": story.item.short}
-    ctx_b, tail = _cap(ctx_b.format(**slots)), tail.format(**slots)
-    ctx = f"{story.text} {ctx_b}"
+    return kind, _cap(start.format(**slots)), _mc_entity(story, kind), tail.format(**slots)
+
+
+def _pretraining_text(story: Story, rng: random.Random) -> str:
+    _, start, entity, tail = _callback(story, rng)
+    return f"{story.text} {start} {entity}{tail}"
+
+
+def _mc_row(story: Story, rng: random.Random) -> dict[str, object]:
+    """A HellaSwag row without its position fields ("ind", "source_id")."""
+    kind, start, correct, tail = _callback(story, rng)
+    ctx = f"{story.text} {start}"
     used = _content_words(ctx)
-    correct = _mc_entity(story, kind)
     pool = [e for e in MC_POOLS[kind] if len(e.split()) == len(correct.split()) and not _content_words(e) & used]
     endings = [e + tail for e in rng.sample(pool, MC_NUM_ENDINGS - 1)]
     label = rng.randrange(MC_NUM_ENDINGS)

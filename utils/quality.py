@@ -29,7 +29,7 @@ STOP_WORDS = frozenset(
     "did can could would should will shall may might must not no yes so than then there here about into over please "
     "write tell give explain describe list answer question".split()
 )
-WEIGHTS = {"repetition": 0.25, "distinct": 0.15, "length": 0.15, "relevance": 0.2, "ending": 0.1, "clean": 0.15}
+WEIGHTS = {"repetition": 0.2, "distinct": 0.1, "length": 0.15, "relevance": 0.3, "ending": 0.1, "clean": 0.15}
 DEFAULT_MIN_WORDS = 5
 DEFAULT_MAX_WORDS = 200
 UNFINISHED_ENDING = 0.5
