@@ -19,7 +19,8 @@ TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)
 
 .PHONY: help install install-extra check-env install-flash-attn test test-fast \
         prepare prepare-demo prepare-wt2 prepare-wt103 prepare-wiki prepare-owt prepare-prose \
-        pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny bench bench-data
+        pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny \
+        evaluate evaluate-quick evaluate-detailed assess-performance compare-lm-eval bench bench-data
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -87,6 +88,27 @@ pretrain-base: $(STAMP) ## Pretrain base (124M) on DATA (GPU; see make bench-tra
 
 resume-pretrain-tiny: $(STAMP) ## Resume the tiny run from its newest complete checkpoint
 	$(PY) scripts/02_pretrain.py --config config/tiny.json --resume_from_checkpoint auto $(TRAIN_FLAGS)
+
+# --- Stage 05: evaluation (MODEL=<model dir> EVAL_DATA=<local data dir>) ------------------------------------
+MODEL       ?= checkpoints/pretrain/tiny/final
+EVAL_DATA   ?= ../shared/data
+RESULTS     ?= $(lastword $(sort $(wildcard evaluation_results/*/results.json)))
+EVAL_FLAGS   = --model_path $(MODEL) $(if $(wildcard $(EVAL_DATA)),--data_dir $(EVAL_DATA)) $(ARGS)
+
+evaluate: $(STAMP) ## Evaluate MODEL: WikiText-2, HellaSwag, ARC-E/C, BoolQ, demo MC, smoke prompts
+	$(PY) scripts/05_evaluate.py $(EVAL_FLAGS)
+
+evaluate-quick: $(STAMP) ## Quick evaluation: 200 items per task and the five quick prompts
+	$(PY) scripts/05_evaluate.py $(EVAL_FLAGS) --fast_mode
+
+evaluate-detailed: $(STAMP) ## Full evaluation with every smoke response and score in report.md
+	$(PY) scripts/05_evaluate.py $(EVAL_FLAGS) --detailed_output
+
+assess-performance: $(STAMP) ## Verdicts and advice for RESULTS (default: the newest evaluation_results/*/results.json)
+	$(PY) evaluation/assess_performance.py $(RESULTS)
+
+compare-lm-eval: $(STAMP) ## Item-by-item agreement with lm-evaluation-harness (needs make install-extra)
+	$(PY) evaluation/compare_lm_eval.py --model_path $(MODEL) --data_dir $(EVAL_DATA) $(ARGS)
 
 # --- Benchmarks (figures printed; never timed tests) ---------------------------------------------
 bench: bench-data ## Run every benchmark

@@ -5,8 +5,8 @@ Each signal is in [0, 1] (1 = good) and the score is their weighted mean:
 - repetition      1 - share of word 3-grams that repeat an earlier 3-gram ("the cat the cat the cat" -> low)
 - distinct        distinct word bigrams / all word bigrams (lexical variety)
 - length          1 inside [min_words, max_words], falling linearly to 0 at 0 words or 3x max_words
-- relevance       share of the prompt's content words (minus stop words) that the response uses; 1 when the
-                  prompt has none (a bare "Continue:" prompt)
+- relevance       share of the prompt's content words (minus stop and instruction words, crudely stemmed) that
+                  the response uses; 1 when the prompt has none (a bare "Continue:" prompt)
 - ending          1 if the response ends in sentence punctuation (or a closing quote/bracket after it), else 0.5
 - clean           1 - share of characters that are replacement characters, control characters or stray symbols
 
@@ -27,7 +27,8 @@ STOP_WORDS = frozenset(
     "a an the and or but if of to in on at by for with from as is are was were be been it its this that these those "
     "i you he she we they me him her us them my your his our their what which who whom how why when where do does "
     "did can could would should will shall may might must not no yes so than then there here about into over please "
-    "write tell give explain describe list answer question".split()
+    "write tell give explain describe list answer question short long story poem sentence sentences line lines word "
+    "words one two three four five".split()  # instruction words say what to write, not what it is about
 )
 WEIGHTS = {"repetition": 0.2, "distinct": 0.1, "length": 0.15, "relevance": 0.3, "ending": 0.1, "clean": 0.15}
 DEFAULT_MIN_WORDS = 5
@@ -79,11 +80,19 @@ def length_signal(count: int, min_words: int, max_words: int) -> float:
     return max(0.0, 1.0 - (count - max_words) / (2 * max_words))
 
 
+def _stem(word: str) -> str:
+    """Crude suffix stripping so "keys"/"key" and "walked"/"walk" match; enough for an overlap signal."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+            return word[: -len(suffix)]
+    return word
+
+
 def relevance_signal(prompt: str, words: list[str]) -> float:
-    wanted = {w for w in _words(prompt) if w not in STOP_WORDS and len(w) > 2}
+    wanted = {_stem(w) for w in _words(prompt) if w not in STOP_WORDS and len(w) > 2}
     if not wanted:
         return 1.0
-    return len(wanted & set(words)) / len(wanted)
+    return len(wanted & {_stem(w) for w in words}) / len(wanted)
 
 
 def clean_signal(text: str) -> float:
