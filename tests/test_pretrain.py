@@ -207,3 +207,11 @@ def test_cli_exit_codes(tmp_path: Path, dataset: Path) -> None:
     result = subprocess.run(_cli(preset, dataset, tmp_path / "run", "--learning_rat", "1"), cwd=REPO,
                             capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert result.returncode == 2
+
+
+def test_multiple_choice_accuracy_is_logged_during_training(tmp_path: Path, dataset: Path) -> None:
+    _run_in_process(_preset(tmp_path), dataset, tmp_path / "run", max_steps=4, eval_hellaswag_steps=2,
+                    eval_hellaswag_limit=10)
+    logged = read_metrics(tmp_path / "run" / "metrics.jsonl", "benchmark")
+    assert [r["step"] for r in logged] == [2, 4]
+    assert all(0.0 <= r["hellaswag_acc"] <= 1.0 and "hellaswag_acc_norm" in r for r in logged)

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ class PretrainConfig(LoopConfig):
     eval_batches: int = 20
     num_samples: int = 2
     sample_max_new_tokens: int = 48
+    eval_hellaswag_steps: int = 0  # score a multiple-choice slice every N steps (0 = off)
+    eval_hellaswag_path: str | None = None  # HellaSwag-format file; default: the dataset's demo MC set
+    eval_hellaswag_limit: int = 100
 
 
 def load_pretrain_config(preset_path: str, cli: dict[str, Any]) -> tuple[ModelPreset, PretrainConfig]:
@@ -133,7 +137,33 @@ def _make_evaluator(config: PretrainConfig, accelerator: Any, val: TokenWindows,
         with (run_dir / "samples.jsonl").open("a") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in records)
 
-    return Evaluator(evaluate=evaluate, samples=samples if prompts else None)
+    return Evaluator(evaluate=evaluate, samples=samples if prompts else None,
+                     benchmark=_make_mc_benchmark(config, info) if config.eval_hellaswag_steps else None,
+                     benchmark_steps=config.eval_hellaswag_steps)
+
+
+def _make_mc_benchmark(config: PretrainConfig, info: DatasetInfo) -> Callable[[Any], dict[str, float]]:
+    """The stage 05 scorer on a fixed slice of a HellaSwag-format file, for accuracy curves during training."""
+    from transformers import AutoTokenizer
+
+    from utils.eval_tasks import load_task
+    from utils.scoring import LoglikelihoodScorer, aggregate, score_multiple_choice
+
+    path = Path(config.eval_hellaswag_path) if config.eval_hellaswag_path else info.path / "demo" / "mc_validation.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"--eval_hellaswag_steps needs a HellaSwag-format file: {path} does not exist; pass "
+                          f"--eval_hellaswag_path (e.g. ../shared/data/hellaswag/hellaswag_val.preproc.first1000.jsonl)")
+    items = load_task("hellaswag", path, config.eval_hellaswag_limit)
+    tokenizer = AutoTokenizer.from_pretrained(info.tokenizer_dir)
+
+    @torch.no_grad()
+    def benchmark(model: Any) -> dict[str, float]:
+        model.eval()
+        scorer = LoglikelihoodScorer(model, tokenizer, batch_size=config.batch_size)
+        metrics = aggregate(score_multiple_choice(items, scorer))
+        return {"hellaswag_acc": metrics["acc"], "hellaswag_acc_norm": metrics["acc_norm"]}
+
+    return benchmark
 
 
 def _sample_prompts(val: TokenWindows, info: DatasetInfo, count: int) -> list[list[int]]:

@@ -85,6 +85,9 @@ class Evaluator:
 
     evaluate: Callable[[Any], dict[str, float]]
     samples: Callable[[Any, int], None] | None = None
+    # An extra benchmark on its own cadence (e.g. multiple choice every N steps), logged beside the loss.
+    benchmark: Callable[[Any], dict[str, float]] | None = None
+    benchmark_steps: int = 0
 
 
 def resolve_precision(requested: str, device_type: str) -> str:
@@ -264,6 +267,8 @@ class TrainingLoop:
             paused = time.perf_counter()
             if state.step % config.eval_steps == 0 or state.step == config.max_steps or out_of_time:
                 self._evaluate()
+            if self.evaluator.benchmark_steps and state.step % self.evaluator.benchmark_steps == 0:
+                self._benchmark()
             if state.step % config.save_steps == 0 or state.step == config.max_steps or out_of_time:
                 self._save()
             window_start += time.perf_counter() - paused  # tokens/s measures training, not evaluation or saving
@@ -298,6 +303,13 @@ class TrainingLoop:
             self.state.best_val_loss = results["val_loss"]
             if self.accelerator.is_main_process:
                 self.context.export_final(unwrapped, self.state, "best")
+
+    def _benchmark(self) -> None:
+        assert self.evaluator.benchmark is not None
+        results = self.evaluator.benchmark(self.accelerator.unwrap_model(self.model))
+        self.model.train()
+        self.metrics.log("benchmark", self.state.step, **results)
+        log.info("step %d: %s", self.state.step, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
 
     def _save(self) -> None:
         start = time.perf_counter()
