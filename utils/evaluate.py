@@ -19,12 +19,13 @@ from typing import Any
 from utils.artifacts import atomic_directory, read_json, write_json
 from utils.assessment import load_expectations, render_assessment
 from utils.config import save_resolved_config
-from utils.errors import ConfigError, DataError
+from utils.errors import DataError
 from utils.eval_tasks import TASKS, baseline_accuracy, load_task, load_wikitext_documents
 from utils.generation import GenerationParams, generate_ids
 from utils.model_io import LoadedModel, load_model
 from utils.quality import WEIGHTS, assess_response
 from utils.scoring import LoglikelihoodScorer, aggregate, rolling_loglikelihood, score_multiple_choice
+from utils.templates import TEMPLATES, PromptTemplate, get_template
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class EvalConfig:
     skip_perplexity: bool = False
     detailed_output: bool = False
     custom_prompts: str | None = None
-    template: str = "auto"  # auto: the chat template for SFT/DPO models, plain text otherwise; or chatml / none
+    template: str = "auto"  # auto: chatml for SFT/DPO models, plain text otherwise; none; or a template name
     max_new_tokens: int = 64
     device: str = "auto"
 
@@ -64,8 +65,8 @@ class EvalConfig:
         unknown = [t for t in self.tasks if t not in ALL_TASKS]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; choose from {', '.join(ALL_TASKS)}")
-        if self.template not in ("auto", "chatml", "none"):
-            raise ValueError(f"unknown template '{self.template}'; choose auto, chatml or none")
+        if self.template not in ("auto", "none", *TEMPLATES):
+            raise ValueError(f"unknown template '{self.template}'; choose auto, none, {', '.join(TEMPLATES)}")
 
 
 def _device(requested: str) -> str:
@@ -136,15 +137,15 @@ def run_perplexity(config: EvalConfig, scorer: LoglikelihoodScorer, loaded: Load
     return metrics
 
 
-def _uses_chat_template(config: EvalConfig, loaded: LoadedModel) -> bool:
+def _smoke_template(config: EvalConfig, loaded: LoadedModel) -> PromptTemplate | None:
+    """The template smoke prompts are wrapped in: a fine-tuned model's own, a forced one, or none (raw text)."""
     if config.template == "none":
-        return False
-    has_template = bool(getattr(loaded.tokenizer, "chat_template", None))
-    if config.template == "chatml":
-        if not has_template:
-            raise ConfigError(f"--template chatml: the tokenizer of {loaded.path} has no chat template")
-        return True
-    return has_template and loaded.meta.get("stage") in CHAT_STAGES
+        return None
+    if config.template != "auto":
+        return get_template(config.template)
+    if loaded.meta.get("stage") in CHAT_STAGES:
+        return get_template(loaded.meta.get("template", "chatml"))
+    return None
 
 
 def _load_prompts(config: EvalConfig) -> dict[str, list[dict[str, Any]]]:
@@ -160,7 +161,7 @@ def _load_prompts(config: EvalConfig) -> dict[str, list[dict[str, Any]]]:
 
 def run_smoke(config: EvalConfig, loaded: LoadedModel, out: Path) -> dict[str, Any]:
     tokenizer = loaded.tokenizer
-    chat = _uses_chat_template(config, loaded)
+    template = _smoke_template(config, loaded)
     params = GenerationParams(max_new_tokens=config.max_new_tokens, temperature=0.0, repetition_penalty=1.1)
     categories: dict[str, Any] = {}
     records = []
@@ -168,8 +169,8 @@ def run_smoke(config: EvalConfig, loaded: LoadedModel, out: Path) -> dict[str, A
         scores = []
         for entry in prompts:
             prompt = entry["prompt"]
-            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True) if chat else prompt
+            text = template.render([{"role": "user", "content": prompt}], add_generation_prompt=True) \
+                if template else prompt
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             new = generate_ids(loaded.model, ids, params, tokenizer.eos_token_id, tokenizer.pad_token_id)
             response = tokenizer.decode(new, skip_special_tokens=True).strip()
@@ -182,8 +183,9 @@ def run_smoke(config: EvalConfig, loaded: LoadedModel, out: Path) -> dict[str, A
         fh.writelines(json.dumps(r) + "\n" for r in records)
     mean_signals = {name: sum(r["signals"][name] for r in records) / len(records) for name in WEIGHTS}
     mean = sum(r["score"] for r in records) / len(records)
-    log.info("smoke prompts: mean quality %.3f over %d prompts (chat template: %s)", mean, len(records), chat)
-    return {"mean_score": mean, "mean_signals": mean_signals, "categories": categories, "chat_template": chat,
+    name = template.name if template else "none"
+    log.info("smoke prompts: mean quality %.3f over %d prompts (template: %s)", mean, len(records), name)
+    return {"mean_score": mean, "mean_signals": mean_signals, "categories": categories, "template": name,
             "responses": records}
 
 
