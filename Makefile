@@ -20,7 +20,10 @@ TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)
 .PHONY: help install install-extra check-env install-flash-attn test test-fast \
         prepare prepare-demo prepare-wt2 prepare-wt103 prepare-wiki prepare-owt prepare-prose \
         pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny \
-        evaluate evaluate-quick evaluate-detailed assess-performance compare-lm-eval bench bench-data
+        evaluate evaluate-quick evaluate-detailed assess-performance compare-lm-eval \
+        session-quick session-prototype session-experiment session-evaluation session-debug session-architecture \
+        session-status session-cleanup pipeline-full create-sample-datasets test-pipeline backup clean \
+        clean-checkpoints monitor config-rtx4090 bench bench-data
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -109,6 +112,68 @@ assess-performance: $(STAMP) ## Verdicts and advice for RESULTS (default: the ne
 
 compare-lm-eval: $(STAMP) ## Item-by-item agreement with lm-evaluation-harness (needs make install-extra)
 	$(PY) evaluation/compare_lm_eval.py --model_path $(MODEL) --data_dir $(EVAL_DATA) $(ARGS)
+
+# --- Sessions: stages in order under a time budget; logs and report.md in sessions/<timestamp>-<name>/ ---------
+session-quick: $(STAMP) ## Whole pipeline on the demo corpus, offline: data, pretrain, SFT, DPO, eval, API (<=15 min CPU)
+	$(PY) scripts/session.py quick
+
+session-prototype: $(STAMP) ## 2 h: tiny trained properly on the local prose corpus, then a full evaluation
+	$(PY) scripts/session.py prototype
+
+session-experiment: $(STAMP) ## 4 h: the small preset on the prose corpus, SFT on Alpaca, evaluation
+	$(PY) scripts/session.py experiment
+
+session-evaluation: $(STAMP) ## 1 h: deep evaluation of every final/ and merged/ model under checkpoints/
+	$(PY) scripts/session.py evaluation
+
+session-debug: $(STAMP) ## Environment, data and checkpoint diagnostics: what is wrong and how to fix it
+	$(PY) scripts/session.py debug
+
+session-architecture: $(STAMP) ## Validate every preset: exact counts, forward/backward, 24 GB memory estimates
+	$(PY) scripts/session.py architecture
+
+session-status: $(STAMP) ## Datasets, checkpoints, results and sessions at a glance, and the next command
+	$(PY) scripts/session.py status
+
+session-cleanup: $(STAMP) ## Remove temporary dirs, incomplete checkpoints and all but the 10 newest session logs
+	$(PY) scripts/session.py cleanup
+
+# --- Other targets ----------------------------------------------------------------------------------------
+RAW_DATASET ?=
+BACKUP_DIR  ?= backups
+
+pipeline-full: $(STAMP) ## Every stage with default settings: prepare (RAW_DATASET= or demo), pretrain, SFT, DPO, eval
+	$(if $(RAW_DATASET),$(PY) scripts/01_prepare_data.py --source local --name raw --input_path $(RAW_DATASET),$(MAKE) prepare-demo)
+	$(PY) scripts/02_pretrain.py --config $(or $(PRESET),config/tiny.json) --data_path $(if $(RAW_DATASET),data/processed/raw,$(DATA)) --output_dir checkpoints/pretrain/pipeline $(if $(wildcard checkpoints/pretrain/pipeline/latest),--resume_from_checkpoint auto) $(TRAIN_FLAGS)
+	$(PY) scripts/03_sft.py --model_path checkpoints/pretrain/pipeline/final --dataset_path $(SFT_DATASET) --output_dir checkpoints/sft --run_name pipeline
+	$(PY) scripts/04_dpo.py --model_path checkpoints/sft/pipeline/merged --dataset_path $(DPO_DATASET) --output_dir checkpoints/dpo --run_name pipeline
+	$(PY) scripts/05_evaluate.py --model_path checkpoints/dpo/pipeline/merged $(if $(wildcard $(EVAL_DATA)),--data_dir $(EVAL_DATA)) --run_name pipeline
+
+create-sample-datasets: $(STAMP) ## Write data/sft_dataset.json and data/dpo_dataset.json in the documented formats
+	$(PY) scripts/create_sample_datasets.py
+
+test-pipeline: $(STAMP) ## A tiny end-to-end smoke of every stage (~2 min CPU)
+	$(PY) scripts/session.py test-pipeline
+
+backup: ## Archive config/ and checkpoints/ into backups/lumi-<date>.tar.gz
+	@mkdir -p $(BACKUP_DIR)
+	tar -czf $(BACKUP_DIR)/lumi-$$(date +%Y%m%d-%H%M%S).tar.gz config $(wildcard checkpoints)
+	@ls -lh $(BACKUP_DIR) | tail -n 3
+
+clean: ## Remove caches, temporary build dirs and old session logs (keeps data, checkpoints, results)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} + ; rm -rf .pytest_cache
+	$(if $(wildcard $(STAMP)),$(PY) scripts/session.py cleanup,)
+
+clean-checkpoints: ## Delete checkpoints/ after asking for confirmation
+	@read -p "Delete every checkpoint under checkpoints/? [y/N] " answer; \
+		if [ "$$answer" = "y" ]; then rm -rf checkpoints && echo "deleted checkpoints/"; else echo "kept"; fi
+
+monitor: ## GPU use via nvidia-smi every 2 s, or CPU and memory use without a GPU (Ctrl-C to stop)
+	@if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi -l 2; \
+		else while true; do date +%T; top -bn1 | head -n 5 | tail -n 3; free -h | head -n 2; sleep 2; done; fi
+
+config-rtx4090: $(STAMP) ## Print and write config/rtx4090.json: batch sizes for tiny/small/base on a 24 GB card
+	$(PY) scripts/session.py config-rtx4090
 
 # --- Benchmarks (figures printed; never timed tests) ---------------------------------------------
 bench: bench-data ## Run every benchmark

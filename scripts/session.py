@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Run a session (a sequence of stages under a time budget) or a session utility.
+
+    make session-quick          # python scripts/session.py quick
+    python scripts/session.py {quick,prototype,experiment,evaluation,architecture,test-pipeline,debug,status,cleanup,config-rtx4090}
+
+Sessions write sessions/<timestamp>-<name>/session.log and report.md; see SESSIONS.md.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from utils import session_plans  # noqa: E402
+from utils.cli import run_main  # noqa: E402
+from utils.errors import LumiError  # noqa: E402
+
+RUNS = {"quick": session_plans.quick, "prototype": session_plans.prototype, "experiment": session_plans.experiment,
+        "evaluation": session_plans.evaluation, "architecture": session_plans.architecture,
+        "test-pipeline": session_plans.test_pipeline}
+RTX4090_CONFIG = Path("config/rtx4090.json")
+
+
+class ProblemsFound(LumiError):
+    exit_code = 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", choices=[*RUNS, "debug", "status", "cleanup", "config-rtx4090"])
+    name = parser.parse_args().name
+    if name in RUNS:
+        session = RUNS[name]()
+        print((session.directory / "report.md").read_text())
+    elif name == "status":
+        print("\n".join(session_plans.status()))
+    elif name == "cleanup":
+        removed = session_plans.cleanup()
+        print("\n".join(f"removed {p}" for p in removed) or "nothing to clean")
+    elif name == "config-rtx4090":
+        table = session_plans.rtx4090_recommendations()
+        RTX4090_CONFIG.write_text(json.dumps({"_comment": "estimated micro-batch sizes for a 24 GB GPU at each "
+                                              "preset's context (utils/memory_estimate.py)", **table}, indent=2) + "\n")
+        for preset, row in table.items():
+            print(f"{preset:<6} max_length {row['max_length']:>5}  batch_size {row['batch_size']:>3}  "
+                  f"(with --gradient_checkpointing {row['batch_size_gradient_checkpointing']:>3})  "
+                  f"~{row['estimated_gb']} GB")
+        print(f"written to {RTX4090_CONFIG}")
+    else:
+        problems = session_plans.debug()
+        for problem in problems:
+            print(f"PROBLEM: {problem}")
+        if problems:
+            raise ProblemsFound(f"{len(problems)} problem(s) found; each line above says how to fix it")
+        print("no problems found: environment, datasets and checkpoints are consistent")
+        print("\n".join(session_plans.status()))
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
