@@ -26,7 +26,7 @@ from utils.errors import LumiError
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SESSIONS_DIR = REPO_ROOT / "sessions"
+SESSIONS_DIR = Path(os.environ.get("LUMI_SESSIONS_DIR", REPO_ROOT / "sessions"))  # tests point it at a temp dir
 SERVER_START_TIMEOUT_S = 180
 SERVER_POLL_S = 0.5
 HTTP_TIMEOUT_S = 120
