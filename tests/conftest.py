@@ -31,3 +31,30 @@ def jsonl_corpus(tmp_path: Path) -> Path:
     path.parent.mkdir()
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in story_texts(300)), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def serve_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer model (2,048 tokens of context) with a real 400-piece Lumi tokenizer, for the serving tests.
+
+    The embedding rows of EOS and <|im_end|> are zeroed: their logits are then exactly 0 while the largest of the
+    others is positive, so greedy decoding never stops early and long generations (to cancel) are deterministic.
+    """
+    import torch
+
+    from utils.model import ModelConfig, build_model
+    from utils.templates import IM_END
+    from utils.tokenizer import EOS_ID, load_tokenizer, train_tokenizer
+
+    root = tmp_path_factory.mktemp("serve")
+    sample = root / "sample.txt"
+    sample.write_text("\n".join(story_texts(300)), encoding="utf-8")
+    out = train_tokenizer(sample, root / "model", vocab_size=400)
+    model = build_model(ModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    vocab_size=400, max_position_embeddings=2048), bos_token_id=1,
+                        eos_token_id=EOS_ID, pad_token_id=3)
+    im_end = load_tokenizer(out).convert_tokens_to_ids(IM_END)
+    with torch.no_grad():  # the output head is tied to these embeddings
+        model.get_input_embeddings().weight[[EOS_ID, im_end]] = 0.0
+    model.save_pretrained(out)
+    return out
