@@ -23,7 +23,8 @@ TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)
         evaluate evaluate-quick evaluate-detailed assess-performance compare-lm-eval \
         session-quick session-prototype session-experiment session-evaluation session-debug session-architecture \
         session-status session-cleanup pipeline-full create-sample-datasets test-pipeline backup clean \
-        clean-checkpoints monitor config-rtx4090 bench bench-data
+        clean-checkpoints monitor config-rtx4090 bench bench-data bench-train \
+        serve serve-api bench-serve
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -113,6 +114,13 @@ assess-performance: $(STAMP) ## Verdicts and advice for RESULTS (default: the ne
 compare-lm-eval: $(STAMP) ## Item-by-item agreement with lm-evaluation-harness (needs make install-extra)
 	$(PY) evaluation/compare_lm_eval.py --model_path $(MODEL) --data_dir $(EVAL_DATA) $(ARGS)
 
+# --- Stage 06: serving (MODEL=<model dir> ARGS='<more flags>', e.g. --temperature 0 --template instruct) ----------
+serve: $(STAMP) ## Chat with MODEL in this terminal: streamed answers, /help for commands, Ctrl-C stops an answer
+	$(PY) scripts/06_serve.py --model_path $(MODEL) --mode interactive $(ARGS)
+
+serve-api: $(STAMP) ## OpenAI-compatible API for MODEL on http://127.0.0.1:8000 (ARGS='--port 9000 --api_key KEY')
+	$(PY) scripts/06_serve.py --model_path $(MODEL) --mode api $(ARGS)
+
 # --- Sessions: stages in order under a time budget; logs and report.md in sessions/<timestamp>-<name>/ ---------
 session-quick: $(STAMP) ## Whole pipeline on the demo corpus, offline: data, pretrain, SFT, DPO, eval, API (<=15 min CPU)
 	$(PY) scripts/session.py quick
@@ -176,7 +184,13 @@ config-rtx4090: $(STAMP) ## Print and write config/rtx4090.json: batch sizes for
 	$(PY) scripts/session.py config-rtx4090
 
 # --- Benchmarks (figures printed; never timed tests) ---------------------------------------------
-bench: bench-data ## Run every benchmark
+bench: bench-data bench-train bench-serve ## Run every benchmark
 
 bench-data: $(STAMP) ## Stage 01 throughput and peak memory on ../shared/data/prose, 1x and 4x (~3 min CPU)
 	$(PY) scripts/bench_data.py $(ARGS)
+
+bench-train: $(STAMP) ## Stage 02 tokens/s, MFU, memory and checkpoint time vs a plain-PyTorch step (~10 min CPU; ARGS='--quick')
+	$(PY) scripts/bench_train.py $(ARGS)
+
+bench-serve: $(STAMP) ## Stage 06 TTFT and decode tok/s at batch 1; 64 concurrent streams: 200/429, p50/p95, memory (~2 min CPU)
+	$(PY) scripts/bench_serve.py $(if $(filter-out file,$(origin MODEL)),--model_path $(MODEL)) $(ARGS)

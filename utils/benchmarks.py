@@ -7,10 +7,13 @@ whose public names share a prefix:
           end, peak memory of a fresh process), plus a MinHash microbenchmark on short documents.
   train_* stage 02: tokens/s and MFU of our training step for tiny, small and base, eager and compiled, beside a
           plain-PyTorch reference step of the same shape; peak memory; checkpoint save time; GPU rows under CUDA.
+  serve_* stage 06: batch-1 time to first token and decode tokens/s (engine and HTTP), and 64 concurrent streaming
+          requests against a real server: statuses (200/429 only), latency percentiles, tokens/s, memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -23,7 +26,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -409,8 +412,8 @@ TRAIN_GPU_SHAPE = (16, 1024)
 TRAIN_DEMO_STORIES = 4000  # ~200k tokens: enough windows for every shape above
 TRAIN_DATA_VOCAB = 1024
 TRAIN_WARMUP_STEPS = 2  # the first step allocates optimizer state (and compiles under --compile)
-TRAIN_ROUNDS = 4
-TRAIN_STEPS_PER_ROUND = 2
+TRAIN_ROUNDS = 8
+TRAIN_STEPS_PER_ROUND = 1
 TRAIN_PRECISION_NAMES = {"bf16": "bf16", "no": "fp32"}
 TERA = 1e12
 MIB = 2**20
@@ -484,6 +487,7 @@ class TrainCaseResult:
 @dataclass
 class TrainBenchResult:
     machine: dict[str, str]
+    load_average: tuple[float, float]  # 1-minute load before and after: other work on the machine skews figures
     torch_version: str
     gpu: str | None
     results: list[TrainCaseResult]
@@ -681,12 +685,28 @@ class TrainReference:
     def step(self) -> None:
         import torch
 
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss = self.loss(self.params, self.shape, self.cos, self.sin, self.input_ids, self.targets)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params.values(), self.max_grad_norm)
-        self.optimizer.step()
+        with _torch_default_algorithms():
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = self.loss(self.params, self.shape, self.cos, self.sin, self.input_ids, self.targets)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params.values(), self.max_grad_norm)
+            self.optimizer.step()
+
+
+@contextlib.contextmanager
+def _torch_default_algorithms() -> Iterator[None]:
+    """PyTorch's default (non-deterministic) kernels for the reference step. The pipeline's --deterministic setting
+    is process-wide; a plain-PyTorch step does not pay for it, so the comparison shows what it costs us."""
+    import torch
+
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), \
+        torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def _train_time_steps(step: Callable[[], object], count: int, device: Any) -> list[float]:
@@ -813,10 +833,12 @@ def train_run_benchmark(work_dir: Path, quick: bool, rounds: int = TRAIN_ROUNDS)
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    load_before = os.getloadavg()[0]
     data_path = prepare_dataset(train_data_config(work_dir))
     cases, skipped = train_plan(quick, gpu, rounds)
     results = [train_run_case(case, data_path) for case in cases]
-    return TrainBenchResult(machine_info(), torch.__version__, gpu, results, skipped, _train_checks(results, gpu))
+    return TrainBenchResult(machine_info(), (load_before, os.getloadavg()[0]), torch.__version__, gpu, results,
+                            skipped, _train_checks(results, gpu))
 
 
 def _percent(value: float | None) -> str:
@@ -865,7 +887,9 @@ def train_format_report(result: TrainBenchResult) -> str:
     gpu = [r for r in result.results if r.case.device == "cuda"]
     sections = [
         f"Lumi training benchmark (stage 02)\nmachine: {machine['processor']}, {machine['cpus']} CPUs, "
-        f"{machine['python']}, torch {result.torch_version}; GPU: {result.gpu or 'none'}",
+        f"{machine['python']}, torch {result.torch_version}; GPU: {result.gpu or 'none'}\n"
+        f"load average (1 min): {result.load_average[0]:.2f} before, {result.load_average[1]:.2f} after "
+        f"({machine['cpus']} CPUs; other work on the machine slows both sides of each comparison)",
         _train_notes(result),
         "CPU\n" + _train_speed_table(cpu),
     ]
@@ -877,3 +901,340 @@ def train_format_report(result: TrainBenchResult) -> str:
         sections.append(_train_checkpoint_table(result.results))
     sections.append(format_checks(result.checks))
     return "\n\n".join(sections)
+
+
+# --- Serving (stage 06) ----------------------------------------------------------------------------------------
+# Batch 1: time to first token and decode tokens/s of the engine in process (1 thread and torch's default; on CUDA
+# too when there is a GPU) and through the HTTP server (streamed). Load: 64 concurrent streaming requests against a
+# real uvicorn subprocess (--max_concurrent 1) with the default queue of 16 (the rest must get 429) and with a queue of
+# 64 (all served), reporting statuses, latency percentiles, total tokens/s and the server's RSS before, at peak and
+# after. Checks are correctness, not speed: no status but 200/429, memory back to its baseline.
+
+SERVE_DEFAULT_MODEL = REPO_ROOT / "checkpoints" / "pretrain" / "tiny" / "final"
+SERVE_PROMPT = "Once upon a time, a little fox found a shiny stone in the forest."
+SERVE_BATCH1_RUNS = 5
+SERVE_BATCH1_TOKENS = 128
+SERVE_LOAD_REQUESTS = 64
+SERVE_LOAD_TOKENS = 64
+SERVE_QUEUE_SIZES = (16, 64)  # the server's default --max_queue, then one that admits every request
+SERVE_SERVER_THREADS = 1  # --cpu_threads of the server: batch-1 decoding of small models gains nothing from more
+SERVE_MEMORY_RATIO_TARGET = 1.10  # RSS after the burst over RSS before it
+SERVE_SETTLE_S = 2.0  # after the burst, before RSS is read again
+SERVE_RSS_SAMPLE_S = 0.05
+SERVE_START_TIMEOUT_S = 180.0
+SERVE_REQUEST_TIMEOUT_S = 600.0
+SERVE_RANDOM_STORIES = 2000  # for the stand-in model when no trained one exists
+SERVE_RANDOM_VOCAB = 1024
+
+
+@dataclass
+class ServeLatency:
+    """Batch-1 figures: medians over `runs` generations of `new_tokens` tokens."""
+
+    label: str
+    runs: int
+    prompt_tokens: int
+    new_tokens: float
+    ttft_ms: float
+    decode_tokens_per_s: float
+
+
+@dataclass
+class ServeLoadRun:
+    max_queue: int
+    requests: int
+    statuses: dict[str, int]
+    served_p50_s: float | None
+    served_p95_s: float | None
+    rejected_p50_ms: float | None
+    completion_tokens: int
+    wall_s: float
+    rss_baseline_mib: float
+    rss_peak_mib: float
+    rss_after_mib: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.wall_s
+
+    @property
+    def unexpected(self) -> int:
+        return sum(n for status, n in self.statuses.items() if status not in ("200", "429"))
+
+    @property
+    def expected_share(self) -> float:
+        return 1 - self.unexpected / self.requests
+
+
+@dataclass
+class ServeBenchResult:
+    machine: dict[str, str]
+    model: str
+    model_note: str
+    torch_version: str
+    gpu: str | None
+    load_average: tuple[float, float]
+    latency: list[ServeLatency]
+    load: list[ServeLoadRun]
+    checks: list[TargetCheck]
+
+
+def serve_model(requested: Path | None, work_dir: Path) -> tuple[Path, str]:
+    """The model to serve and a note on what it is: the requested/default trained tiny, else a random stand-in."""
+    path = requested or SERVE_DEFAULT_MODEL
+    if (path / "config.json").is_file():
+        return path, "trained checkpoint"
+    if requested is not None:
+        raise DataError(f"{requested} is not a model directory (no config.json); pass a final/ or merged/ directory")
+    return serve_random_model(work_dir), (f"{SERVE_DEFAULT_MODEL} is missing, so a RANDOM tiny-preset model with a "
+                                          f"{SERVE_RANDOM_VOCAB}-piece tokenizer stands in (same shapes and speed)")
+
+
+def serve_random_model(work_dir: Path) -> Path:
+    from utils.demo_corpus import iter_demo_stories
+    from utils.model import build_model
+    from utils.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizer
+
+    sample = work_dir / "sample.txt"
+    sample.write_text("\n".join(iter_demo_stories(0, SERVE_RANDOM_STORIES)), encoding="utf-8")
+    out = train_tokenizer(sample, work_dir / "random-tiny", SERVE_RANDOM_VOCAB)
+    shape = dataclasses.replace(load_preset("tiny").model, vocab_size=SERVE_RANDOM_VOCAB)
+    build_model(shape, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID).save_pretrained(out)
+    return out
+
+
+def _median_latency(label: str, samples: list[tuple[float, float, int]], prompt_tokens: int) -> ServeLatency:
+    """samples: (seconds to the first token, seconds after it to the last, tokens) per run."""
+    ttft = statistics.median(s[0] for s in samples)
+    rate = statistics.median((s[2] - 1) / s[1] for s in samples if s[2] > 1 and s[1] > 0)
+    return ServeLatency(label, len(samples), prompt_tokens, statistics.median(s[2] for s in samples),
+                        1000 * ttft, rate)
+
+
+def serve_engine_latency(model_path: Path, device: str, threads: int | None) -> ServeLatency:
+    """TTFT and decode rate of the engine itself: greedy, EOS ignored so every run makes the same number of tokens."""
+    import torch
+
+    from utils.generation import GenerationParams, TextGenerator, iter_token_ids
+    from utils.model_io import load_model
+
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads)
+    try:
+        loaded = load_model(model_path, device=device)
+        gen = TextGenerator(loaded.model, loaded.tokenizer)
+        params = GenerationParams(max_new_tokens=SERVE_BATCH1_TOKENS)
+        samples = []
+        for run in range(SERVE_BATCH1_RUNS + 1):  # the first run warms up
+            start = time.perf_counter()
+            tokens = iter_token_ids(loaded.model, gen.encode(SERVE_PROMPT), params, stop_ids=set())
+            next(tokens)
+            first = time.perf_counter()
+            count = 1 + sum(1 for _ in tokens)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if run:
+                samples.append((first - start, time.perf_counter() - first, count))
+        label = f"engine, {device}" + (f", {torch.get_num_threads()} thread(s)" if device == "cpu" else "")
+        return _median_latency(label, samples, len(gen.encode(SERVE_PROMPT)))
+    finally:
+        torch.set_num_threads(default_threads)
+
+
+class _ServerProcess:
+    """scripts/06_serve.py --mode api in a subprocess on a free loopback port; stopped with Ctrl-C (SIGINT)."""
+
+    def __init__(self, model_path: Path, max_queue: int) -> None:
+        import socket
+        import subprocess
+        import sys
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, str(REPO_ROOT / "scripts" / "06_serve.py"), "--mode", "api", "--model_path",
+                   str(model_path), "--port", str(port), "--max_queue", str(max_queue), "--cpu_threads",
+                   str(SERVE_SERVER_THREADS)]
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    def wait_healthy(self) -> None:
+        import httpx2
+
+        deadline = time.monotonic() + SERVE_START_TIMEOUT_S
+        while time.monotonic() < deadline and self.process.poll() is None:
+            with contextlib.suppress(httpx2.TransportError):
+                if httpx2.get(f"{self.url}/health").status_code == 200:
+                    return
+            time.sleep(0.2)
+        self.log.seek(0)
+        raise DataError(f"the server did not become healthy; its output:\n{self.log.read()[-3000:]}")
+
+    def rss_mib(self) -> float:
+        import psutil
+
+        return psutil.Process(self.process.pid).memory_info().rss / MIB
+
+    def stop(self) -> None:
+        import signal
+
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except Exception:
+            self.process.kill()
+            raise
+        finally:
+            self.log.close()
+
+
+async def _serve_stream(client: Any, url: str) -> tuple[int, float, float | None, int]:
+    """One streamed chat request: (status, total seconds, seconds to the first content delta, completion tokens)."""
+    import json
+
+    body = {"messages": [{"role": "user", "content": SERVE_PROMPT}], "max_tokens": SERVE_LOAD_TOKENS,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    first, tokens = None, 0
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[len("data: "):])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif first is None and chunk["choices"][0]["delta"].get("content"):
+                first = time.perf_counter() - start
+        return response.status_code, time.perf_counter() - start, first, tokens
+
+
+def serve_http_latency(server: _ServerProcess, prompt_tokens: int) -> ServeLatency:
+    import asyncio
+
+    import httpx2
+
+    async def run() -> list[tuple[float, float, int]]:
+        samples = []
+        async with httpx2.AsyncClient(timeout=SERVE_REQUEST_TIMEOUT_S) as client:
+            for index in range(SERVE_BATCH1_RUNS + 1):
+                status, total, first, tokens = await _serve_stream(client, server.url)
+                if status != 200 or first is None:
+                    raise DataError(f"a batch-1 request failed with status {status}")
+                if index:
+                    samples.append((first, total - first, tokens))
+        return samples
+
+    return _median_latency(f"HTTP stream (chat template), --cpu_threads {SERVE_SERVER_THREADS}",
+                           asyncio.run(run()), prompt_tokens)
+
+
+def _percentile(values: list[float], fraction: float) -> float | None:
+    return float(np.percentile(values, 100 * fraction)) if values else None
+
+
+def serve_load(server: _ServerProcess, max_queue: int) -> ServeLoadRun:
+    """SERVE_LOAD_REQUESTS streaming requests at once; the server's RSS sampled throughout."""
+    import asyncio
+    import gc
+
+    import httpx2
+
+    gc.collect()
+    baseline = server.rss_mib()
+
+    async def burst() -> tuple[list[tuple[int, float, float | None, int]], float, float]:
+        peak = baseline
+        limits = httpx2.Limits(max_connections=SERVE_LOAD_REQUESTS, max_keepalive_connections=SERVE_LOAD_REQUESTS)
+        async with httpx2.AsyncClient(timeout=SERVE_REQUEST_TIMEOUT_S, limits=limits) as client:
+            start = time.perf_counter()
+            tasks = [asyncio.create_task(_serve_stream(client, server.url)) for _ in range(SERVE_LOAD_REQUESTS)]
+            while not all(task.done() for task in tasks):
+                peak = max(peak, server.rss_mib())
+                await asyncio.sleep(SERVE_RSS_SAMPLE_S)
+            wall = time.perf_counter() - start
+        return [task.result() for task in tasks], wall, peak
+
+    results, wall, peak = asyncio.run(burst())
+    time.sleep(SERVE_SETTLE_S)
+    statuses: dict[str, int] = {}
+    for status, *_ in results:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    served = [total for status, total, _, _ in results if status == 200]
+    rejected = [1000 * total for status, total, _, _ in results if status == 429]
+    return ServeLoadRun(max_queue, len(results), statuses, _percentile(served, 0.5), _percentile(served, 0.95),
+                        _percentile(rejected, 0.5), sum(r[3] for r in results), wall, baseline, peak,
+                        server.rss_mib())
+
+
+def _serve_checks(load: Sequence[ServeLoadRun]) -> list[TargetCheck]:
+    checks = []
+    for run in load:
+        checks.append(TargetCheck(f"share of streams ending 200 or 429, queue {run.max_queue}", run.expected_share,
+                                  1.0, ""))
+        checks.append(TargetCheck(f"server RSS after / before the burst, queue {run.max_queue}",
+                                  run.rss_after_mib / run.rss_baseline_mib, SERVE_MEMORY_RATIO_TARGET, "x",
+                                  higher_is_better=False))
+    return checks
+
+
+def serve_run_benchmark(requested_model: Path | None, work_dir: Path) -> ServeBenchResult:
+    import torch
+
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # one INFO line per request would bury the report
+    load_before = os.getloadavg()[0]
+    model_path, note = serve_model(requested_model, work_dir)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    latency = [serve_engine_latency(model_path, "cpu", threads) for threads in (1, None)]
+    if gpu:
+        latency.append(serve_engine_latency(model_path, "cuda", None))
+    load = []
+    for max_queue in SERVE_QUEUE_SIZES:
+        server = _ServerProcess(model_path, max_queue)
+        try:
+            server.wait_healthy()
+            http = serve_http_latency(server, latency[0].prompt_tokens)
+            if max_queue == SERVE_QUEUE_SIZES[0]:
+                latency.append(http)  # the batch-1 HTTP figure once; the second server only warms up with it
+            load.append(serve_load(server, max_queue))
+        finally:
+            server.stop()
+    return ServeBenchResult(machine_info(), str(model_path), note, torch.__version__, gpu,
+                            (load_before, os.getloadavg()[0]), latency, load, _serve_checks(load))
+
+
+def _serve_latency_table(rows: Sequence[ServeLatency]) -> str:
+    return format_table(["batch 1 (median of runs)", "runs", "prompt tok", "new tok", "TTFT ms", "decode tok/s"],
+                        [[r.label, str(r.runs), str(r.prompt_tokens), _number(r.new_tokens, 0),
+                          _number(r.ttft_ms, 1), _number(r.decode_tokens_per_s, 1)] for r in rows])
+
+
+def _serve_load_table(runs: Sequence[ServeLoadRun]) -> str:
+    rows = [[f"{r.requests} streams, max_queue {r.max_queue}", str(r.statuses.get("200", 0)),
+             str(r.statuses.get("429", 0)), str(r.unexpected), _number(r.served_p50_s, 2), _number(r.served_p95_s, 2),
+             _number(r.rejected_p50_ms, 0), _number(r.tokens_per_s, 1), _number(r.rss_baseline_mib, 0),
+             _number(r.rss_peak_mib, 0), _number(r.rss_after_mib, 0)] for r in runs]
+    return format_table(["concurrent load", "200", "429", "other", "p50 s", "p95 s", "429 p50 ms", "total tok/s",
+                         "RSS before MiB", "peak", "after"], rows)
+
+
+def serve_format_report(result: ServeBenchResult) -> str:
+    machine = result.machine
+    return "\n\n".join([
+        f"Lumi serving benchmark (stage 06)\nmachine: {machine['processor']}, {machine['cpus']} CPUs, "
+        f"{machine['python']}, torch {result.torch_version}; GPU: {result.gpu or 'none'}\n"
+        f"model: {result.model} ({result.model_note})\nload average (1 min): {result.load_average[0]:.2f} before, "
+        f"{result.load_average[1]:.2f} after (other work on the machine slows every figure)",
+        _serve_latency_table(result.latency) + f"\nTTFT: prefill of the prompt and the first token (HTTP: to the "
+        f"first content delta, template and SSE included); decode: the tokens after the first over their time. "
+        f"Engine rows ignore EOS to make {SERVE_BATCH1_TOKENS} tokens every run; HTTP rows stop at EOS or "
+        f"{SERVE_LOAD_TOKENS} tokens."
+        + ("" if result.gpu else "\nGPU: not measured (no CUDA device here); on a GPU machine "
+                                 "`make bench-serve MODEL=<base final/>` adds an engine row on cuda."),
+        _serve_load_table(result.load) + f"\nOne server per row (--max_concurrent 1, --cpu_threads "
+        f"{SERVE_SERVER_THREADS}); each stream asks for up to {SERVE_LOAD_TOKENS} tokens at temperature 0. p50/p95: "
+        f"latency of the served (200) streams, request to [DONE]; total tok/s: completion tokens of all streams over "
+        f"the burst's wall time; RSS of the server process, 'after' read {SERVE_SETTLE_S:g} s after the burst.",
+        format_checks(result.checks),
+    ])
