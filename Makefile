@@ -19,12 +19,12 @@ TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)
 
 .PHONY: help install install-extra check-env install-flash-attn test test-fast \
         prepare prepare-demo prepare-wt2 prepare-wt103 prepare-wiki prepare-owt prepare-prose \
-        pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny \
+        pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny sft dpo \
         evaluate evaluate-quick evaluate-detailed assess-performance compare-lm-eval \
         session-quick session-prototype session-experiment session-evaluation session-debug session-architecture \
         session-status session-cleanup pipeline-full create-sample-datasets test-pipeline backup clean \
         clean-checkpoints monitor config-rtx4090 bench bench-data bench-train \
-        serve serve-api bench-serve
+        serve serve-api bench-serve bench-finetune
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -93,6 +93,21 @@ pretrain-base: $(STAMP) ## Pretrain base (124M) on DATA (GPU; see make bench-tra
 resume-pretrain-tiny: $(STAMP) ## Resume the tiny run from its newest complete checkpoint
 	$(PY) scripts/02_pretrain.py --config config/tiny.json --resume_from_checkpoint auto $(TRAIN_FLAGS)
 
+# --- Stages 03-04: fine-tuning (SFT_MODEL= SFT_DATASET= DPO_MODEL= DPO_DATASET= RUN_NAME= ARGS='<more flags>') -------
+SFT_MODEL   ?= checkpoints/pretrain/tiny/final
+SFT_DATASET ?= data/processed/demo_tiny/demo/sft_train.json
+RUN_NAME    ?= demo
+DPO_MODEL   ?= checkpoints/sft/$(RUN_NAME)/merged
+DPO_DATASET ?= data/processed/demo_tiny/demo/dpo_train.json
+
+sft: $(STAMP) ## SFT of SFT_MODEL on SFT_DATASET -> checkpoints/sft/RUN_NAME (demo: ~3 min CPU; ARGS='--overwrite')
+	$(PY) scripts/03_sft.py --config_path config/sft.json --model_path $(SFT_MODEL) --dataset_path $(SFT_DATASET) \
+		--output_dir checkpoints/sft --run_name $(RUN_NAME) $(ARGS)
+
+dpo: $(STAMP) ## DPO (LoRA) of DPO_MODEL on DPO_DATASET -> checkpoints/dpo/RUN_NAME (demo: ~2 min CPU)
+	$(PY) scripts/04_dpo.py --config_path config/dpo.json --model_path $(DPO_MODEL) --dataset_path $(DPO_DATASET) \
+		--output_dir checkpoints/dpo --run_name $(RUN_NAME) $(ARGS)
+
 # --- Stage 05: evaluation (MODEL=<model dir> EVAL_DATA=<local data dir>) ------------------------------------
 MODEL       ?= checkpoints/pretrain/tiny/final
 EVAL_DATA   ?= ../shared/data
@@ -153,8 +168,8 @@ BACKUP_DIR  ?= backups
 pipeline-full: $(STAMP) ## Every stage with default settings: prepare (RAW_DATASET= or demo), pretrain, SFT, DPO, eval
 	$(if $(RAW_DATASET),$(PY) scripts/01_prepare_data.py --source local --name raw --input_path $(RAW_DATASET),$(MAKE) prepare-demo)
 	$(PY) scripts/02_pretrain.py --config $(or $(PRESET),config/tiny.json) --data_path $(if $(RAW_DATASET),data/processed/raw,$(DATA)) --output_dir checkpoints/pretrain/pipeline $(if $(wildcard checkpoints/pretrain/pipeline/latest),--resume_from_checkpoint auto) $(TRAIN_FLAGS)
-	$(PY) scripts/03_sft.py --model_path checkpoints/pretrain/pipeline/final --dataset_path $(SFT_DATASET) --output_dir checkpoints/sft --run_name pipeline
-	$(PY) scripts/04_dpo.py --model_path checkpoints/sft/pipeline/merged --dataset_path $(DPO_DATASET) --output_dir checkpoints/dpo --run_name pipeline
+	$(PY) scripts/03_sft.py --config_path config/sft.json --model_path checkpoints/pretrain/pipeline/final --dataset_path $(SFT_DATASET) --output_dir checkpoints/sft --run_name pipeline
+	$(PY) scripts/04_dpo.py --config_path config/dpo.json --model_path checkpoints/sft/pipeline/merged --dataset_path $(DPO_DATASET) --output_dir checkpoints/dpo --run_name pipeline
 	$(PY) scripts/05_evaluate.py --model_path checkpoints/dpo/pipeline/merged $(if $(wildcard $(EVAL_DATA)),--data_dir $(EVAL_DATA)) --run_name pipeline
 
 create-sample-datasets: $(STAMP) ## Write data/sft_dataset.json and data/dpo_dataset.json in the documented formats
@@ -184,13 +199,16 @@ config-rtx4090: $(STAMP) ## Print and write config/rtx4090.json: batch sizes for
 	$(PY) scripts/session.py config-rtx4090
 
 # --- Benchmarks (figures printed; never timed tests) ---------------------------------------------
-bench: bench-data bench-train bench-serve ## Run every benchmark
+bench: bench-data bench-train bench-serve bench-finetune ## Run every benchmark
 
 bench-data: $(STAMP) ## Stage 01 throughput and peak memory on ../shared/data/prose, 1x and 4x (~3 min CPU)
 	$(PY) scripts/bench_data.py $(ARGS)
 
 bench-train: $(STAMP) ## Stage 02 tokens/s, MFU, memory and checkpoint time vs a plain-PyTorch step (~10 min CPU; ARGS='--quick')
 	$(PY) scripts/bench_train.py $(ARGS)
+
+bench-finetune: $(STAMP) ## LoRA vs full SFT of the tiny model: steps/s, tokens/s, peak memory (~3 min CPU)
+	$(PY) scripts/bench_finetune.py $(ARGS)
 
 bench-serve: $(STAMP) ## Stage 06 TTFT and decode tok/s at batch 1; 64 concurrent streams: 200/429, p50/p95, memory (~2 min CPU)
 	$(PY) scripts/bench_serve.py $(if $(filter-out file,$(origin MODEL)),--model_path $(MODEL)) $(ARGS)

@@ -75,18 +75,20 @@ def quick() -> Session:
     tag = session.directory.name
     pretrain_dir = f"checkpoints/pretrain/{tag}"
     session.run("check-env", [PY, "scripts/check_env.py"])
-    session.run("data", [PY, "scripts/01_prepare_data.py", "--config_path", "config/datasets/demo_tiny.json",
-                         "--demo_num_stories", str(budget.demo_stories),
-                         "--name", "demo_tiny" if budget is CPU_QUICK else "demo_large"])
+    # On CPU the standard demo_tiny (a rerun is a no-op); on a GPU a larger demo corpus under its own name.
+    larger = [] if budget is CPU_QUICK else ["--demo_num_stories", str(budget.demo_stories), "--name", "demo_large"]
+    session.run("data", [PY, "scripts/01_prepare_data.py", "--config_path", "config/datasets/demo_tiny.json", *larger])
     data = DEMO_DATA if budget is CPU_QUICK else "data/processed/demo_large"
     session.run("pretrain", [PY, "scripts/02_pretrain.py", "--config", "config/tiny.json", "--data_path", data,
                              "--output_dir", pretrain_dir, "--max_time", str(budget.pretrain_s),
                              "--max_steps", str(budget.pretrain_steps), "--batch_size", str(budget.pretrain_batch),
                              "--eval_steps", "100", "--save_steps", "500"])
-    session.run("sft", [PY, "scripts/03_sft.py", "--model_path", f"{pretrain_dir}/final",
+    session.run("sft", [PY, "scripts/03_sft.py", "--config_path", "config/sft.json",
+                        "--model_path", f"{pretrain_dir}/final",
                         "--dataset_path", f"{data}/demo/sft_train.json", "--prompt_template", "chatml",
                         "--output_dir", "checkpoints/sft", "--run_name", tag, "--max_time", str(budget.sft_s)])
-    session.run("dpo", [PY, "scripts/04_dpo.py", "--model_path", f"checkpoints/sft/{tag}/merged",
+    session.run("dpo", [PY, "scripts/04_dpo.py", "--config_path", "config/dpo.json",
+                        "--model_path", f"checkpoints/sft/{tag}/merged",
                         "--dataset_path", f"{data}/demo/dpo_train.json", "--output_dir", "checkpoints/dpo",
                         "--run_name", tag, "--max_time", str(budget.dpo_s)])
     final = f"checkpoints/dpo/{tag}/merged"
@@ -185,7 +187,8 @@ def experiment() -> Session:
     session.run("data", [PY, "scripts/01_prepare_data.py", "--config_path", PROSE_CONFIG])
     session.run("pretrain", [PY, "scripts/02_pretrain.py", "--config", "config/small.json", "--data_path",
                              "data/processed/british_fiction", "--output_dir", run_dir, "--max_time", "11400"])
-    session.run("sft", [PY, "scripts/03_sft.py", "--model_path", f"{run_dir}/final", "--dataset_path",
+    session.run("sft", [PY, "scripts/03_sft.py", "--config_path", "config/sft.json", "--no_full",
+                        "--model_path", f"{run_dir}/final", "--dataset_path",
                         "../shared/data/alpaca/alpaca_data_5000.json", "--prompt_template", "chatml",
                         "--output_dir", "checkpoints/sft", "--run_name", tag, "--max_time", "1800"])
     session.run("evaluate", [PY, "scripts/05_evaluate.py", "--model_path", f"checkpoints/sft/{tag}/merged",
