@@ -9,6 +9,8 @@ whose public names share a prefix:
           plain-PyTorch reference step of the same shape; peak memory; checkpoint save time; GPU rows under CUDA.
   serve_* stage 06: batch-1 time to first token and decode tokens/s (engine and HTTP), and 64 concurrent streaming
           requests against a real server: statuses (200/429 only), latency percentiles, tokens/s, memory.
+  finetune_* stages 03/04: LoRA vs full SFT of the tiny model (and of base on a GPU when present), steps/s,
+          tokens/s and peak memory, each in a fresh process. Figures only, no targets.
 """
 
 from __future__ import annotations
@@ -404,7 +406,8 @@ TRAIN_CPU_SHAPES = {"tiny": (16, 256), "small": (4, 256), "base": (2, 256)}
 TRAIN_CPU_ROWS = (("tiny", "bf16", False), ("tiny", "no", False), ("tiny", "bf16", True),
                   ("small", "bf16", False), ("small", "bf16", True), ("base", "bf16", False), ("base", "bf16", True))
 TRAIN_CPU_NOT_MEASURED = {
-    ("base", "bf16", True): "compiling base and the reference costs minutes on 2 CPU cores; eager base stands for it",
+    ("base", "bf16", True): "compiling base and the reference (~1.5 min more) would take make bench-train past "
+                            "~10 min on 2 CPU cores; the compiled tiny and small rows stand for it",
 }
 TRAIN_CHECKPOINT_PRESETS = ("tiny", "base")  # saved after their eager bf16 rows
 TRAIN_GPU_PRESET = "base"
@@ -1237,4 +1240,180 @@ def serve_format_report(result: ServeBenchResult) -> str:
         f"latency of the served (200) streams, request to [DONE]; total tok/s: completion tokens of all streams over "
         f"the burst's wall time; RSS of the server process, 'after' read {SERVE_SETTLE_S:g} s after the burst.",
         format_checks(result.checks),
+    ])
+
+
+# --- Fine-tuning (stages 03 and 04) ----------------------------------------------------------------------------
+
+FINETUNE_MODEL = REPO_ROOT / "checkpoints" / "pretrain" / "tiny" / "final"
+FINETUNE_DATASET = REPO_ROOT / "data" / "processed" / "demo_tiny" / "demo" / "sft_train.json"
+FINETUNE_STEPS = 40
+FINETUNE_WARMUP_STEPS = 5  # not timed: the first steps allocate optimizer state and warm the kernels
+FINETUNE_BATCH = 16
+FINETUNE_METHODS = ("lora", "full")
+FINETUNE_GPU_PRESET = "base"  # measured with random weights on a GPU: speed and memory do not depend on them
+
+
+@dataclass
+class FinetuneCase:
+    method: str  # lora or full
+    model: str  # a model directory, or "preset:<name>" for a random model of that preset (GPU rows)
+    device: str
+
+
+@dataclass
+class FinetuneCaseResult:
+    case: FinetuneCase
+    params_total: int
+    params_trainable: int
+    steps_per_s: float
+    tokens_per_s: float  # unpadded tokens of the timed steps over their time
+    peak_memory_mib: float
+    memory_kind: str  # "peak RSS" (CPU, the whole fresh process) or "peak allocated" (GPU)
+
+
+@dataclass
+class FinetuneBenchResult:
+    machine: dict[str, str]
+    gpu: str | None
+    dataset: str
+    results: list[FinetuneCaseResult]
+    load_average: tuple[float, float]
+
+
+def finetune_plan(model_path: Path) -> list[FinetuneCase]:
+    """LoRA and full SFT of the tiny model on CPU; on a CUDA machine, the same for the base preset on the GPU."""
+    import torch
+
+    cases = [FinetuneCase(method, str(model_path), "cpu") for method in FINETUNE_METHODS]
+    if torch.cuda.is_available():
+        cases += [FinetuneCase(method, f"preset:{FINETUNE_GPU_PRESET}", "cuda") for method in FINETUNE_METHODS]
+    return cases
+
+
+def _finetune_model_dir(case: FinetuneCase, work_dir: Path) -> Path:
+    """The case's model directory; a preset gets random weights and the tiny model's tokenizer (its vocabulary)."""
+    if not case.model.startswith("preset:"):
+        return Path(case.model)
+    from utils.model import build_model
+
+    out = work_dir / case.model.replace(":", "_")
+    if out.is_dir():
+        return out
+    preset = load_preset(str(REPO_ROOT / "config" / f"{case.model.removeprefix('preset:')}.json"))
+    tokenizer_dir = FINETUNE_MODEL
+    vocab = read_json(tokenizer_dir / "config.json")["vocab_size"]
+    model = build_model(dataclasses.replace(preset.model, vocab_size=vocab), bos_token_id=1, eos_token_id=2,
+                        pad_token_id=3)
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja"):
+        if (tokenizer_dir / name).is_file():
+            shutil.copy2(tokenizer_dir / name, out / name)
+    return out
+
+
+def finetune_measure_case(case: FinetuneCase, dataset: Path, work_dir: Path) -> FinetuneCaseResult:
+    """FINETUNE_STEPS steps of the stage 03 trainer (TRL SFTTrainer); steps after the warm-up are timed."""
+    import torch
+    from transformers import TrainerCallback
+
+    from utils.finetune import load_training_model
+    from utils.metrics import memory_mb
+    from utils.sft import SFTStageConfig, build_sft_trainer, prepare_sft_data
+    from utils.templates import get_template
+
+    config = load_config(SFTStageConfig, None, {
+        "model_path": str(_finetune_model_dir(case, work_dir)), "dataset_path": str(dataset),
+        "output_dir": str(work_dir), "run_name": f"{case.method}-{case.device}", "full": case.method == "full",
+        "max_steps": FINETUNE_STEPS, "batch_size": FINETUNE_BATCH, "gain_eval_size": 0, "validation_split": 0.0,
+        "logging_steps": FINETUNE_STEPS, "save_steps": FINETUNE_STEPS * 10, "overwrite": True})
+    loaded = load_training_model(config.model_path, config.full)
+    data = prepare_sft_data(config, loaded.tokenizer, get_template(config.prompt_template), loaded.context)
+    marks: dict[str, float] = {}
+
+    class StepTimer(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step in (FINETUNE_WARMUP_STEPS, FINETUNE_STEPS):
+                if case.device == "cuda":
+                    torch.cuda.synchronize()
+                marks[str(state.global_step)] = time.perf_counter()
+
+    trainer = build_sft_trainer(config, loaded, data, loaded.context, work_dir / config.run_name, [StepTimer()])
+    trainer.train()
+    seconds = marks[str(FINETUNE_STEPS)] - marks[str(FINETUNE_WARMUP_STEPS)]
+    timed = FINETUNE_STEPS - FINETUNE_WARMUP_STEPS
+    mean_tokens = sum(len(row["input_ids"]) for row in data.train) / len(data.train)
+    device = torch.device(case.device)
+    memory = memory_mb(device) if device.type == "cuda" else _peak_rss_kib() / KIB_PER_MIB
+    return FinetuneCaseResult(case, sum(p.numel() for p in trainer.model.parameters()),
+                              sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+                              timed / seconds, timed * FINETUNE_BATCH * mean_tokens / seconds, memory,
+                              "peak allocated" if device.type == "cuda" else "peak RSS")
+
+
+def _finetune_case_child(case: FinetuneCase, dataset: Path, work_dir: Path, log_level: int, conn: Connection) -> None:
+    setup_logging(log_level)
+    try:
+        conn.send(("ok", finetune_measure_case(case, dataset, work_dir)))
+    except LumiError as exc:
+        conn.send(("error", str(exc)))
+    finally:
+        conn.close()
+
+
+def finetune_run_case(case: FinetuneCase, dataset: Path, work_dir: Path) -> FinetuneCaseResult:
+    """One case in a freshly spawned interpreter, so that its peak memory is its own."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_finetune_case_child,
+                              args=(case, dataset, work_dir, logging.getLogger().getEffectiveLevel(), send))
+    process.start()
+    send.close()
+    try:
+        status, value = receive.recv()
+    except EOFError:
+        status, value = "died", None
+    process.join()
+    if status != "ok":
+        reason = value or f"its process exited with code {process.exitcode} and no result (see the log above)"
+        raise DataError(f"fine-tuning benchmark case {case.method} on {case.device} failed: {reason}")
+    log.info("%s SFT on %s: %.2f steps/s, %.0f tokens/s, %s %.0f MiB", case.method, case.device, value.steps_per_s,
+             value.tokens_per_s, value.memory_kind, value.peak_memory_mib)
+    return value
+
+
+def finetune_run_benchmark(work_dir: Path, model_path: Path = FINETUNE_MODEL,
+                           dataset: Path = FINETUNE_DATASET) -> FinetuneBenchResult:
+    import torch
+
+    for needed, make in ((model_path, "make pretrain-tiny"), (dataset, "make prepare-demo")):
+        if not needed.exists():
+            raise DataError(f"the fine-tuning benchmark needs {needed}: run {make} first, or pass another path")
+    load_before = os.getloadavg()[0]
+    results = [finetune_run_case(case, dataset, work_dir) for case in finetune_plan(model_path)]
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return FinetuneBenchResult(machine_info(), gpu, str(dataset), results, (load_before, os.getloadavg()[0]))
+
+
+def _finetune_label(case: FinetuneCase) -> str:
+    model = (f"random {case.model.removeprefix('preset:')}" if case.model.startswith("preset:")
+             else Path(case.model).parent.name + "/" + Path(case.model).name)
+    return f"{case.method} ({model}, {case.device})"
+
+
+def finetune_format_report(result: FinetuneBenchResult) -> str:
+    machine = result.machine
+    rows = [[_finetune_label(r.case), f"{r.params_trainable:,} / {r.params_total:,}", _number(r.steps_per_s, 2), _number(r.tokens_per_s, 0),
+             f"{_number(r.peak_memory_mib, 0)} ({r.memory_kind})"] for r in result.results]
+    notes = (f"{FINETUNE_STEPS} steps of batch {FINETUNE_BATCH} from {result.dataset} through the stage 03 trainer "
+             f"(TRL SFTTrainer, the default precision), the first {FINETUNE_WARMUP_STEPS} not timed; tokens/s counts "
+             f"unpadded tokens; each row runs in a fresh process.")
+    gpu = ("" if result.gpu else "\nGPU: not measured (no CUDA device here); on a GPU machine this adds LoRA and full "
+                                 f"rows for a random {FINETUNE_GPU_PRESET} model.")
+    return "\n\n".join([
+        f"Lumi fine-tuning benchmark (stages 03/04)\nmachine: {machine['processor']}, {machine['cpus']} CPUs, "
+        f"{machine['python']}; GPU: {result.gpu or 'none'}\nload average (1 min): {result.load_average[0]:.2f} "
+        f"before, {result.load_average[1]:.2f} after (other work on the machine slows every figure)",
+        format_table(["SFT method (model, device)", "trainable / total params", "steps/s", "tokens/s", "memory MiB"],
+                     rows) + "\n" + notes + gpu,
     ])

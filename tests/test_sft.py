@@ -1,0 +1,197 @@
+"""Stage 03 on a tiny random model: outputs and metrics, the label mask TRL trains on, the adapter round trip,
+resume, full fine-tuning, and every bad input (no tokenizer, unknown template, too long with --strict, existing
+run, incomplete checkpoint, an adapter on the wrong base)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from utils.checkpoint import CheckpointError
+from utils.config import load_config
+from utils.data_prep import DataConfig, prepare_dataset
+from utils.errors import ConfigError, DataError
+from utils.finetune import load_training_model
+from utils.model import ModelConfig, build_model
+from utils.model_io import load_model
+from utils.sft import SFTStageConfig, build_sft_trainer, prepare_sft_data, run_sft
+from utils.templates import get_template
+
+TINY_SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=400,
+                  max_position_embeddings=256)
+FAST = dict(max_steps=3, batch_size=4, logging_steps=1, eval_steps=2, save_steps=2, gain_eval_size=3,
+            gain_max_new_tokens=4, validation_split=0.1, lora_r=4, learning_rate=1e-3)
+
+
+def save_tiny_model(out: Path, tokenizer_dir: Path, dataset: Path, seed: int = 0) -> Path:
+    """A random 2-layer model saved like a pretraining final/ (weights, tokenizer with chat template, meta)."""
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(**TINY_SHAPE), bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    model.save_pretrained(out)
+    for path in tokenizer_dir.iterdir():
+        shutil.copy2(path, out / path.name)
+    (out / "meta.json").write_text(json.dumps({"stage": "pretrain", "dataset": str(dataset), "step": 1}))
+    return out
+
+
+def make_finetune_root(root: Path) -> Path:
+    """A demo dataset (real Lumi tokenizer, demo SFT/DPO files), a tiny model in final/, small slices of the sets."""
+    dataset = prepare_dataset(DataConfig(name="demo", source="demo", demo_num_stories=300, vocab_size=400,
+                                         num_workers=0, output_dir=str(root)))
+    save_tiny_model(root / "final", dataset / "tokenizer", dataset)
+    for name, count in (("sft_train", 40), ("sft_eval", 3), ("dpo_train", 16), ("dpo_eval", 8)):
+        rows = json.loads((dataset / "demo" / f"{name}.json").read_text())[:count]
+        (root / f"{name}.json").write_text(json.dumps(rows))
+    return root
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_finetune_root(tmp_path_factory.mktemp("sft"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state() -> Iterator[None]:
+    """Accelerate keeps process-wide state; every in-process trainer run starts from a clean one."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def sft_config(root: Path, out: Path, **overrides: Any) -> SFTStageConfig:
+    values = {"model_path": str(root / "final"), "dataset_path": str(root / "sft_train.json"),
+              "output_dir": str(out), "run_name": "run", **FAST, **overrides}
+    return load_config(SFTStageConfig, None, values)
+
+
+def test_lora_sft_writes_adapter_merged_metrics_and_gain(root: Path, tmp_path: Path) -> None:
+    run = run_sft(sft_config(root, tmp_path))
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["stage"] == "sft" and meta["status"] == "done" and meta["steps"] == 3
+    assert meta["gain"]["metric"] == "answer_exact_match" and meta["gain"]["n"] == 3
+    assert 0.0 <= meta["gain"]["before"] <= 1.0 and 0.0 <= meta["gain"]["after"] <= 1.0
+    assert meta["data"]["held_out_source"] == str(root / "sft_eval.json") and meta["data"]["validation"] == 4
+    records = read_jsonl(run / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    assert {"loss", "lr", "grad_norm"} <= set(train[0]) and len(train) == 3
+    assert any(r["kind"] == "eval" and "val_loss" in r for r in records) and records[-1]["kind"] == "end"
+    assert (run / "loss.png").is_file() and (run / "config.resolved.json").is_file()
+    assert len(read_jsonl(run / "gain.jsonl")) == 3
+
+    merged = load_model(run / "merged")
+    assert merged.meta["stage"] == "sft" and merged.meta["gain"] == meta["gain"]
+    assert merged.tokenizer.chat_template and (run / "merged" / "tokenizer.model").is_file()
+    adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert Path(adapter_config["base_model_name_or_path"]) == (root / "final").resolve()
+    from_adapter = load_model(run / "adapter")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        assert torch.allclose(from_adapter.model(ids).logits, merged.model(ids).logits, atol=1e-5)
+
+
+def test_trl_labels_mask_everything_but_the_answer_and_eos(root: Path, tmp_path: Path) -> None:
+    config = sft_config(root, tmp_path, validation_split=0.0, gain_eval_size=0)
+    loaded = load_training_model(config.model_path, full=False)
+    template = get_template("chatml")
+    data = prepare_sft_data(config, loaded.tokenizer, template, 256)
+    trainer = build_sft_trainer(config, loaded, data, 256, tmp_path, [])
+    first = json.loads((root / "sft_train.json").read_text())[0]
+    row = trainer.train_dataset[0]
+    ids, labels = row["input_ids"], row["labels"]
+    prompt = template.render([{"role": "user", "content": first["prompt"]}], add_generation_prompt=True)
+    prompt_len = len(loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert all(label == -100 for label in labels[:prompt_len])
+    assert labels[prompt_len:] == ids[prompt_len:] and ids[-1] == loaded.tokenizer.eos_token_id
+    assert loaded.tokenizer.decode(ids[prompt_len:]) == first["response"] + "<|im_end|>\n</s>"
+
+
+def test_adapter_round_trip_keeps_logits_within_1e5(root: Path, tmp_path: Path) -> None:
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(root / "final", dtype=torch.float32)
+    peft = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj", "up_proj"],
+                                           init_lora_weights=False)).eval()  # random B: the adapter matters
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44]])
+    with torch.no_grad():
+        expected = peft(ids).logits
+        with peft.disable_adapter():
+            assert (expected - peft(ids).logits).abs().max() > 1e-4
+    peft.save_pretrained(tmp_path / "adapter")
+    fresh = AutoModelForCausalLM.from_pretrained(root / "final", dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert (reloaded(ids).logits - expected).abs().max() < 1e-5
+        merged = reloaded.merge_and_unload()
+        assert (merged(ids).logits - expected).abs().max() < 1e-5
+
+
+def test_resume_from_incomplete_checkpoint_errors_and_auto_skips_it(root: Path, tmp_path: Path) -> None:
+    first = run_sft(sft_config(root, tmp_path, full=True, max_steps=2, save_steps=1, gain_eval_size=0))
+    assert not (first / "adapter").exists() and (first / "merged" / "model.safetensors").is_file()
+    (first / "checkpoint-2" / "trainer_state.json").unlink()  # as if killed while saving
+    with pytest.raises(CheckpointError, match=r"checkpoint-2 is incomplete.*trainer_state.json is missing"):
+        run_sft(sft_config(root, tmp_path, full=True, resume_from_checkpoint=str(first / "checkpoint-2")))
+    with pytest.raises(ConfigError, match="already holds outputs"):
+        run_sft(sft_config(root, tmp_path, full=True))
+    resumed = run_sft(sft_config(root, tmp_path, full=True, max_steps=3, save_steps=1, gain_eval_size=0,
+                                 resume_from_checkpoint="auto"))
+    assert json.loads((resumed / "meta.json").read_text())["steps"] == 3
+    steps = [r["step"] for r in read_jsonl(resumed / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == [1, 2, 3]  # events after checkpoint-1 were forgotten and logged again
+    with pytest.raises(CheckpointError, match="was started with full=True"):
+        run_sft(sft_config(root, tmp_path, full=False, resume_from_checkpoint="auto"))
+
+
+def test_model_directory_without_tokenizer_fails_before_loading(root: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(root / "final" / name, bare / name)
+    with pytest.raises(DataError, match="has no tokenizer"):
+        run_sft(sft_config(root, tmp_path / "out", model_path=str(bare)))
+
+
+def test_unknown_template_lists_the_known_ones(root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown prompt template 'alpaca'; known templates: chatml, instruct, chat"):
+        sft_config(root, tmp_path, prompt_template="alpaca")
+
+
+def test_too_long_sequences_error_with_strict_and_are_counted_without(root: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"item \d+ is \d+ tokens, longer than max_length 48"):
+        run_sft(sft_config(root, tmp_path, max_length=48, strict=True))
+    with pytest.raises(ConfigError, match="exceeds the context"):
+        run_sft(sft_config(root, tmp_path, run_name="ctx", max_length=1024))
+    config = sft_config(root, tmp_path, max_length=48)
+    loaded = load_training_model(config.model_path, full=False)
+    data = prepare_sft_data(config, loaded.tokenizer, get_template("chatml"), 48)
+    lengths = data.report["lengths"]
+    assert lengths["truncated"] + lengths["dropped_prompt_too_long"] == lengths["sequences"] > 0
+
+
+def test_adapter_whose_base_changed_is_rejected(root: Path, tmp_path: Path) -> None:
+    run = run_sft(sft_config(root, tmp_path, max_steps=1, gain_eval_size=0, validation_split=0.0))
+    other = save_tiny_model(tmp_path / "other", root / "demo" / "tokenizer", root / "demo", seed=1)  # other weights
+    config_path = run / "adapter" / "adapter_config.json"
+    adapter_config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**adapter_config, "base_model_name_or_path": str(other)}))
+    with pytest.raises(DataError, match=r"was trained on base .*but its base_model_name_or_path points at"):
+        run_sft(sft_config(root, tmp_path, run_name="again", model_path=str(run / "adapter")))
+
+
+def test_missing_field_fails_with_item_index(root: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"prompt": "Q", "response": "A"}, {"prompt": "Q"}]))
+    with pytest.raises(DataError, match=r"item 1 is missing field\(s\) response"):
+        run_sft(sft_config(root, tmp_path, dataset_path=str(bad)))
