@@ -57,13 +57,14 @@ def test_lora_dpo_moves_preference_accuracy_without_a_reference_copy(root: Path,
     # A random model starts with log-prob gaps of up to ~10 nats between the answers; DPO moves every pair's gap
     # towards the chosen answer, which flips some of them: accuracy rises, each margin grows.
     assert gain["after"] > gain["before"], gain
-    margins = [(r["before"]["ll_chosen"] - r["before"]["ll_rejected"], r["after"]["ll_chosen"] - r["after"]["ll_rejected"])
-               for r in read_jsonl(run / "gain.jsonl")]
+    margins = [(r["before"]["ll_chosen"] - r["before"]["ll_rejected"],
+                r["after"]["ll_chosen"] - r["after"]["ll_rejected"]) for r in read_jsonl(run / "gain.jsonl")]
     assert all(after > before for before, after in margins), margins
     train = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "train"]
     for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins"):
         assert key in train[-1], key
-    assert train[0]["rewards/accuracies"] < 1.0 and train[-1]["rewards/accuracies"] == 1.0  # step 1: policy == reference
+    # The first log averages from step 1, where the policy equals the reference and no reward is positive.
+    assert train[0]["rewards/accuracies"] < 1.0 and train[-1]["rewards/accuracies"] == 1.0
     assert meta["rewards"]["train"]["rewards/margins"] > 0 and meta["reference"].startswith("the policy")
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "loss.png").is_file()
     assert load_model(run / "merged").meta["stage"] == "dpo"

@@ -195,3 +195,9 @@ def test_missing_field_fails_with_item_index(root: Path, tmp_path: Path) -> None
     bad.write_text(json.dumps([{"prompt": "Q", "response": "A"}, {"prompt": "Q"}]))
     with pytest.raises(DataError, match=r"item 1 is missing field\(s\) response"):
         run_sft(sft_config(root, tmp_path, dataset_path=str(bad)))
+
+
+def test_max_time_stops_cleanly_and_still_exports(root: Path, tmp_path: Path) -> None:
+    run = run_sft(sft_config(root, tmp_path, max_steps=50, max_time=0.0, gain_eval_size=0, validation_split=0.0))
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["stop_reason"] == "max_time" and meta["steps"] == 1 and (run / "merged" / "config.json").is_file()

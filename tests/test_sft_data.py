@@ -36,7 +36,8 @@ def _write(path: Path, rows: list[dict] | list, jsonl: bool = False) -> Path:
 
 
 def test_prompt_response_json_and_jsonl_read_alike(tmp_path: Path) -> None:
-    rows = [{"prompt": "Q1", "response": "A1", "answer": "A"}, {"prompt": "Q2", "response": "A2", "system": "Be brief."}]
+    rows = [{"prompt": "Q1", "response": "A1", "answer": "A"},
+            {"prompt": "Q2", "response": "A2", "system": "Be brief."}]
     for path in (_write(tmp_path / "d.json", rows), _write(tmp_path / "d.jsonl", rows, jsonl=True)):
         examples, report = load_sft_examples(str(path))
         assert report.format == "prompt_response" and report.kept == 2
@@ -46,7 +47,8 @@ def test_prompt_response_json_and_jsonl_read_alike(tmp_path: Path) -> None:
 
 
 def test_alpaca_dolly_and_messages_become_conversations(tmp_path: Path) -> None:
-    alpaca = [{"instruction": "Sort", "input": "b, a", "output": "a, b"}, {"instruction": "Hi", "input": "", "output": "Hello"}]
+    alpaca = [{"instruction": "Sort", "input": "b, a", "output": "a, b"},
+              {"instruction": "Hi", "input": "", "output": "Hello"}]
     examples, _ = load_sft_examples(str(_write(tmp_path / "a.json", alpaca)))
     assert examples[0].messages[0]["content"] == "Sort\n\nb, a" and examples[1].messages[0]["content"] == "Hi"
     dolly = [{"instruction": "Summarise", "context": "Long text", "response": "Short", "category": "summarization"}]

@@ -231,7 +231,7 @@ def _path_flags(name: str) -> str:
     return f"--data_dir DIR or --{name}_path FILE"
 
 
-def _hub_unavailable_reason() -> str | None:
+def hub_unavailable_reason() -> str | None:
     """Why the Hub cannot be used now, or None: the offline flags, then one short TCP probe (no long retries)."""
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
         return "HF_HUB_OFFLINE=1 is set"
@@ -248,7 +248,7 @@ def _hub_unavailable_reason() -> str | None:
 
 def _load_hub_rows(dataset_id: str, config: str | None, split: str, what: str, flags: str) -> list[dict[str, Any]]:
     hub_name = dataset_id + (f" ({config})" if config else "")
-    reason = _hub_unavailable_reason()
+    reason = hub_unavailable_reason()
     if reason is None:
         import datasets
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import DataError
-from utils.eval_tasks import _hub_unavailable_reason
+from utils.eval_tasks import hub_unavailable_reason
 from utils.templates import ROLES, Message, PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def _data_files(path: Path) -> list[Path]:
 
 
 def _load_hub(dataset_id: str, hub: HubDataset) -> list[dict[str, Any]]:
-    reason = _hub_unavailable_reason()
+    reason = hub_unavailable_reason()
     if reason is None:
         import datasets
 
@@ -141,12 +141,17 @@ def _load_hub(dataset_id: str, hub: HubDataset) -> list[dict[str, Any]]:
                     f"(.json list, .jsonl or .jsonl.gz).")
 
 
+def _looks_like_hub_id(source: str) -> bool:
+    """"owner/name" without a data-file suffix: a missing local file is reported as missing, not looked up."""
+    return source.count("/") == 1 and not source.startswith((".", "/")) and not source.endswith(DATA_SUFFIXES)
+
+
 def read_records(source: str, known_hub: dict[str, HubDataset]) -> list[dict[str, Any]]:
     """Every record of a local file/directory, or of a Hugging Face dataset when `source` is not a local path."""
     path = Path(source)
     if path.exists():
         records = [r for file in _data_files(path) for r in _read_file(file)]
-    elif source in known_hub or (source.count("/") == 1 and not source.startswith((".", "/"))):
+    elif source in known_hub or _looks_like_hub_id(source):
         records = _load_hub(source, known_hub.get(source, HubDataset("train")))
     else:
         raise DataError(f"dataset not found: {source}. Pass a .json/.jsonl(.gz) file, a directory of them, or a "
