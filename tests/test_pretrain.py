@@ -215,3 +215,19 @@ def test_multiple_choice_accuracy_is_logged_during_training(tmp_path: Path, data
     logged = read_metrics(tmp_path / "run" / "metrics.jsonl", "benchmark")
     assert [r["step"] for r in logged] == [2, 4]
     assert all(0.0 <= r["hellaswag_acc"] <= 1.0 and "hellaswag_acc_norm" in r for r in logged)
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path, dataset: Path) -> None:
+    """torchrun with 2 x batch 2 on CPU (gloo) follows the 1 x batch 4 run: same LR schedule, same validation."""
+    preset = _preset(tmp_path, dropout=0.0)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    ddp = subprocess.run([*torchrun, *_cli(preset, dataset, tmp_path / "ddp", "--batch_size", "2")[1:]], cwd=REPO,
+                         capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    _run_in_process(preset, dataset, tmp_path / "one", batch_size=4)
+    two, one = _train_records(tmp_path / "ddp"), _train_records(tmp_path / "one")
+    # Accelerate's prepared scheduler would step once per process: the LR must advance once per optimizer step.
+    assert [r["lr"] for r in two] == [r["lr"] for r in one]
+    assert [r["tokens_seen"] for r in two] == [r["tokens_seen"] for r in one]
+    val_two, val_one = (read_metrics(run / "metrics.jsonl", "eval") for run in (tmp_path / "ddp", tmp_path / "one"))
+    assert [r["val_loss"] for r in val_two] == pytest.approx([r["val_loss"] for r in val_one], abs=1e-4)

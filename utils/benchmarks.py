@@ -877,8 +877,9 @@ def _train_notes(result: TrainBenchResult) -> str:
         f"PretrainData; the models keep the presets' {vocab:,}-row embedding and tied head (ids < "
         f"{TRAIN_DATA_VOCAB:,} are valid rows), so parameters and FLOPs are the presets'.",
         "ours: TrainingLoop._train_step of the real pipeline (Accelerate autocast, HF LlamaForCausalLM with SDPA, "
-        "fused AdamW, clipping, LR schedule), one micro-batch per optimizer step. ref: the plain-PyTorch step in "
-        "utils/benchmarks.py (same shape, parameter count, optimizer settings, precision and batch).",
+        "the fused linear cross-entropy of utils/linear_cross_entropy.py, fused AdamW, clipping, LR schedule), one "
+        "micro-batch per optimizer step. ref: the plain-PyTorch step in utils/benchmarks.py (same shape, parameter "
+        "count, optimizer settings, precision and batch; F.cross_entropy over materialised logits).",
         f"tokens/s from the median of {steps} steps each, timed in alternating blocks of {TRAIN_STEPS_PER_ROUND} "
         f"after {TRAIN_WARMUP_STEPS} warm-up steps; targets use the medians, 'best ours/ref' compares the fastest "
         f"step of each (the one least slowed by other work). peak MiB: the process's peak RSS (CPU) or max "

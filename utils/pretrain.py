@@ -102,21 +102,23 @@ def resolve_model(preset: ModelPreset, config: PretrainConfig, info: DatasetInfo
 
 def _make_evaluator(config: PretrainConfig, accelerator: Any, val: TokenWindows, info: DatasetInfo,
                     run_dir: Path) -> Evaluator:
-    count = min(val.num_windows, config.eval_batches * config.batch_size)
-    batches = [val.batch(np.arange(i, min(i + config.batch_size, count))) for i in range(0, count, config.batch_size)]
+    # The first eval_batches global batches of the validation split, whatever the number of processes: each
+    # process scores every num_processes-th window and the sums are reduced, so 2 x batch 8 sees what 1 x 16 sees.
+    count = min(val.num_windows, config.eval_batches * config.batch_size * accelerator.num_processes)
+    mine = np.arange(accelerator.process_index, count, accelerator.num_processes)
+    batches = [val.batch(mine[i:i + config.batch_size]) for i in range(0, len(mine), config.batch_size)]
 
     @torch.no_grad()
     def evaluate(model: Any) -> dict[str, float]:
+        """Mean loss over the fixed validation windows; `model` is the loop's unwrapped module (LM + fused loss)."""
         model.eval()
-        total, tokens = 0.0, 0
+        sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # summed loss, target tokens
         for batch in batches:
             batch = batch.to(accelerator.device)
             with accelerator.autocast():
-                targets = batch[:, 1:].contiguous()
-                out = model(input_ids=batch[:, :-1], labels=targets, shift_labels=targets)
-            n = batch[:, 1:].numel()
-            total += out.loss.item() * n
-            tokens += n
+                sums[0] += model(batch[:, :-1], batch[:, 1:].contiguous(), normalizer=1).double()
+            sums[1] += batch[:, 1:].numel()
+        total, tokens = accelerator.reduce(sums, reduction="sum").tolist()
         loss = total / tokens
         return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
 

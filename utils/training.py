@@ -23,6 +23,7 @@ from tqdm import tqdm
 from utils.checkpoint import (LoadedCheckpoint, load_weights, TrainerState, check_compatible, load_checkpoint,
                               prune_checkpoints, restore_rng_state, save_checkpoint)
 from utils.errors import ConfigError, LumiError
+from utils.linear_cross_entropy import CausalLMLoss
 from utils.metrics import MetricsLogger, device_peak_flops, memory_mb, plot_loss
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,11 @@ class TrainingLoop:
         self.optimizer = build_optimizer(model, config, self.device.type)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lr_lambda(config.warmup_steps, config.max_steps))
-        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, self.optimizer, self.scheduler)
+        # The loop trains model + fused loss as one module (see utils/linear_cross_entropy.py); `lm()` is the HF model.
+        # The scheduler is not prepared: Accelerate's wrapper steps it once per process on each optimizer step, which
+        # would run the warmup and cosine num_processes times faster under DDP. Our step is the optimizer step.
+        self.model, self.optimizer = accelerator.prepare(CausalLMLoss(model, fused=not config.compile),
+                                                         self.optimizer)
         if config.compile:
             self.model = torch.compile(self.model)
         self.state = TrainerState()
@@ -182,7 +187,7 @@ class TrainingLoop:
     # ---------------------------------------------------------------- resume
     def resume(self, checkpoint: LoadedCheckpoint) -> None:
         check_compatible(checkpoint.model_config, self.context.model_shape, checkpoint.path)
-        load_weights(self.accelerator.unwrap_model(self.model), checkpoint.path)
+        load_weights(self.lm(), checkpoint.path)
         self.optimizer.load_state_dict(checkpoint.optimizer_state)
         self.scheduler.load_state_dict(checkpoint.scheduler_state)
         scaler = self.accelerator.scaler
@@ -194,6 +199,10 @@ class TrainingLoop:
         self.metrics.truncate_after(self.state.step)
         log.info("resumed from %s: step %d, %s tokens seen, next sample index %d", checkpoint.path,
                  self.state.step, f"{self.state.tokens_seen:,}", self.state.samples_seen)
+
+    def lm(self, keep_fp32_wrapper: bool = True) -> torch.nn.Module:
+        """The Hugging Face model being trained, without the loss wrapper, DDP or compile."""
+        return self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=keep_fp32_wrapper).lm
 
     def resume_from(self, path: Path) -> None:
         self.resume(load_checkpoint(path, self.accelerator.process_index))
@@ -212,13 +221,13 @@ class TrainingLoop:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             is_last = index == len(micro) - 1
             with self._sync_context(is_last):
-                out = self.model(input_ids=batch["input_ids"], labels=batch["shift_labels"],
-                                 shift_labels=batch["shift_labels"], num_items_in_batch=step_tokens)
-                self.accelerator.backward(out.loss)
-            total_loss += out.loss.item()
+                loss = self.model(batch["input_ids"], batch["shift_labels"], normalizer=step_tokens)
+                self.accelerator.backward(loss)
+            total_loss += loss.item()
         grad_norm = self._clip()
         self.optimizer.step()
-        self.scheduler.step()
+        if not self.optimizer.step_was_skipped:  # fp16: the grad scaler skipped a step with inf/nan gradients
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.samples_seen += sum(len(b["input_ids"]) for b in micro) * self.accelerator.num_processes
         return total_loss, grad_norm
@@ -292,8 +301,10 @@ class TrainingLoop:
                              mfu=f"{mfu:.1%}" if mfu is not None else "n/a", refresh=False)
 
     def _evaluate(self) -> None:
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        results = self.evaluator.evaluate(self.model)
+        unwrapped = self.lm()
+        # Unwrapped: DDP's forward would broadcast buffers, a collective that processes with unequal shares of the
+        # validation windows would not all reach.
+        results = self.evaluator.evaluate(self.accelerator.unwrap_model(self.model))
         self.model.train()
         self.metrics.log("eval", self.state.step, **results)
         log.info("step %d: %s", self.state.step, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
@@ -309,14 +320,14 @@ class TrainingLoop:
 
     def _benchmark(self) -> None:
         assert self.evaluator.benchmark is not None
-        results = self.evaluator.benchmark(self.accelerator.unwrap_model(self.model))
+        results = self.evaluator.benchmark(self.lm())
         self.model.train()
         self.metrics.log("benchmark", self.state.step, **results)
         log.info("step %d: %s", self.state.step, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
 
     def _save(self) -> None:
         start = time.perf_counter()
-        path = save_checkpoint(self.context.run_dir, self.accelerator, self.accelerator.unwrap_model(self.model),
+        path = save_checkpoint(self.context.run_dir, self.accelerator, self.lm(),
                                self.optimizer, self.scheduler, self.accelerator.scaler, self.state,
                                self.context.model_shape, self.context.resolved_config, self.context.meta)
         if self.accelerator.is_main_process:
@@ -329,7 +340,7 @@ class TrainingLoop:
         if self.accelerator.is_main_process:
             # keep_fp32_wrapper=False strips the autocast wrapper (training is over), so the export and any
             # later use of this object compute in fp32 like a reloaded model.
-            unwrapped = self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
+            unwrapped = self.lm(keep_fp32_wrapper=False)
             self.context.export_final(unwrapped, self.state, "final")
         self.metrics.log("end", self.state.step, stop_reason=stop_reason, tokens_seen=self.state.tokens_seen,
                          elapsed_s=self.state.elapsed_seconds, best_val_loss=self.state.best_val_loss)
