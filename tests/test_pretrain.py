@@ -229,5 +229,6 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     # Accelerate's prepared scheduler would step once per process: the LR must advance once per optimizer step.
     assert [r["lr"] for r in two] == [r["lr"] for r in one]
     assert [r["tokens_seen"] for r in two] == [r["tokens_seen"] for r in one]
+    assert [r["grad_norm"] for r in two] == pytest.approx([r["grad_norm"] for r in one], rel=1e-5)  # synced grads
     val_two, val_one = (read_metrics(run / "metrics.jsonl", "eval") for run in (tmp_path / "ddp", tmp_path / "one"))
     assert [r["val_loss"] for r in val_two] == pytest.approx([r["val_loss"] for r in val_one], abs=1e-4)
