@@ -879,7 +879,9 @@ def _train_notes(result: TrainBenchResult) -> str:
         "ours: TrainingLoop._train_step of the real pipeline (Accelerate autocast, HF LlamaForCausalLM with SDPA, "
         "the fused linear cross-entropy of utils/linear_cross_entropy.py, fused AdamW, clipping, LR schedule), one "
         "micro-batch per optimizer step. ref: the plain-PyTorch step in utils/benchmarks.py (same shape, parameter "
-        "count, optimizer settings, precision and batch; F.cross_entropy over materialised logits).",
+        "count, optimizer settings, precision and batch; F.cross_entropy over materialised logits). On CPU the loop "
+        "sets glibc to keep freed memory (utils/environment.py keep_freed_memory) for the whole process, so the "
+        "reference, timed in the same process, gains from it as well.",
         f"tokens/s from the median of {steps} steps each, timed in alternating blocks of {TRAIN_STEPS_PER_ROUND} "
         f"after {TRAIN_WARMUP_STEPS} warm-up steps; targets use the medians, 'best ours/ref' compares the fastest "
         f"step of each (the one least slowed by other work). peak MiB: the process's peak RSS (CPU) or max "

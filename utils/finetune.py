@@ -28,6 +28,7 @@ import torch
 
 from utils.artifacts import atomic_directory, read_json, write_json, write_meta
 from utils.checkpoint import TOKENIZER_EXTRA_FILES, CheckpointError, export_hf_model
+from utils.environment import keep_freed_memory
 from utils.errors import ConfigError, DataError
 from utils.metrics import MetricsLogger, memory_mb, plot_loss
 from utils.model_io import ADAPTER_CONFIG, MODEL_CONFIG, has_tokenizer, load_tokenizer_from
@@ -598,6 +599,8 @@ def _write_gain_items(path: Path, before: Measurement, after: Measurement) -> No
 def run_finetune(spec: StageSpec, config: FinetuneConfig) -> Path:
     """Load, prepare data, measure, train (resumable), measure again, export; returns the run directory."""
     wall, cpu = time.perf_counter(), cpu_seconds()
+    if not torch.cuda.is_available():
+        keep_freed_memory()
     template = get_template(config.prompt_template)
     run_dir, resume = prepare_run_dir(config)
     loaded = load_training_model(config.model_path, config.full)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from utils.checkpoint import (LoadedCheckpoint, load_weights, TrainerState, check_compatible, load_checkpoint,
                               prune_checkpoints, restore_rng_state, save_checkpoint)
+from utils.environment import keep_freed_memory
 from utils.errors import ConfigError, LumiError
 from utils.linear_cross_entropy import CausalLMLoss
 from utils.metrics import MetricsLogger, device_peak_flops, memory_mb, plot_loss
@@ -167,6 +168,8 @@ class TrainingLoop:
         self.evaluator = evaluator
         self.context = context
         self.device = accelerator.device
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.optimizer = build_optimizer(model, config, self.device.type)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
                                                            lr_lambda(config.warmup_steps, config.max_steps))
