@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,3 +60,24 @@ def serve_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model.get_input_embeddings().weight[[EOS_ID, im_end]] = 0.0
     model.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread() -> Iterator[None]:
+    """Batch-1 decoding of a tiny model gains nothing from two threads, and loses much when other jobs share CPUs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def gen(serve_model_dir: Path) -> Any:
+    """The generation engine over the serving test model."""
+    from utils.generation import TextGenerator
+    from utils.model_io import load_model
+
+    loaded = load_model(serve_model_dir)
+    return TextGenerator(loaded.model, loaded.tokenizer)

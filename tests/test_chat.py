@@ -7,16 +7,13 @@ import io
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
 import pytest
-import torch
 
 from utils.chat import ANSWER_PREFIX, USER_PROMPT, ChatSession, chat_loop
 from utils.generation import GenerationParams, TextGenerator
-from utils.model_io import load_model
 from utils.templates import get_template
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,18 +21,7 @@ STARTUP_TIMEOUT_S = 90  # importing torch and transformers on a busy 2-core mach
 LONG_MESSAGE = "The fox ran to the river and saw a bird. " * 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def gen(serve_model_dir: Path) -> TextGenerator:
-    loaded = load_model(serve_model_dir)
-    return TextGenerator(loaded.model, loaded.tokenizer)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def session(gen: TextGenerator, max_new_tokens: int = 8) -> tuple[ChatSession, io.StringIO]:

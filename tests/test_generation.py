@@ -4,7 +4,6 @@ strings and tokens, length and context limits, cancellation, parameter ranges.""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,24 +13,11 @@ import torch
 
 from utils.generation import (GenerationParams, IncrementalDecoder, InvalidParam, TextGenerator, find_stop,
                               generate_ids, partial_stop_length)
-from utils.model_io import load_model
 
 PROMPT = "Once upon a time, a little fox"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread() -> Iterator[None]:
-    """Batch-1 decoding of a tiny model gains nothing from two threads, and loses much when other jobs share CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def gen(serve_model_dir: Path) -> TextGenerator:
-    loaded = load_model(serve_model_dir)
-    return TextGenerator(loaded.model, loaded.tokenizer)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 class ScriptedModel(torch.nn.Module):

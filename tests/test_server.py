@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx2 as httpx  # the HTTP client the pinned openai package ships with
 import pytest
-import torch
 import uvicorn
 
 from utils.errors import ConfigError
@@ -33,12 +32,7 @@ LONG = 1500  # tokens: a generation that runs for seconds, to cancel or to keep 
 USER = [{"role": "user", "content": "Tell me a story about a fox."}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")
