@@ -75,3 +75,9 @@ def test_dpo_pair_missing_a_field_is_named(root: Path, tmp_path: Path) -> None:
     bad.write_text(json.dumps([{"prompt": "Q", "chosen": "a", "rejected": "b"}, {"prompt": "Q", "rejected": "b"}]))
     with pytest.raises(DataError, match=r"item 1 is missing field\(s\) chosen"):
         run_dpo(dpo_config(root, tmp_path, dataset_path=str(bad), eval_dataset_path=None))
+
+
+def test_loss_weights_need_one_value_per_loss_type() -> None:
+    assert DPOStageConfig(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5]).loss_weights == [1.0, 0.5]
+    with pytest.raises(ValueError, match="loss_weights has 1 values for 2 loss_type entries"):
+        DPOStageConfig(loss_type=["sigmoid", "sft"], loss_weights=[1.0])

@@ -42,12 +42,18 @@ class DPOStageConfig(FinetuneConfig):
     learning_rate: float = 5e-7
     beta: float = 0.1
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
+    # One weight per loss_type (TRL's loss_weights); None weighs each 1.0. ["sigmoid", "sft"] is RPO: DPO plus the
+    # NLL of the chosen answer, which keeps DPO from lowering the likelihood of both answers.
+    loss_weights: list[float] | None = None
     score_batch_size: int = 16  # pairs scored per forward pass for the preference accuracy
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} values for {len(self.loss_type)} "
+                             f"loss_type entries ({', '.join(self.loss_type)}); give one weight per loss type")
 
 
 def prepare_dpo_data(config: DPOStageConfig, tokenizer: Any, template: PromptTemplate, max_length: int) -> StageData:
@@ -88,7 +94,8 @@ def build_dpo_trainer(config: DPOStageConfig, loaded: TrainingModel, data: Stage
     has_eval = bool(data.validation)
     args = DPOConfig(**trainer_arguments(config, run_dir, EARLY_STOPPING_METRIC, greater_is_better=True,
                                          has_eval=has_eval),
-                     beta=config.beta, loss_type=list(config.loss_type), max_length=max_length)
+                     beta=config.beta, loss_type=list(config.loss_type), loss_weights=config.loss_weights,
+                     max_length=max_length)
     # Full fine-tuning needs a frozen copy as the reference; with a LoRA adapter the reference is the same model
     # with the adapter disabled, so none is passed (an input adapter gets a frozen adapter copy from TRL).
     reference = _frozen_copy(loaded.model) if config.full else None
