@@ -78,6 +78,6 @@ def test_dpo_pair_missing_a_field_is_named(root: Path, tmp_path: Path) -> None:
 
 
 def test_loss_weights_need_one_value_per_loss_type() -> None:
-    assert DPOStageConfig(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5]).loss_weights == [1.0, 0.5]
+    assert DPOStageConfig(dataset_path="d.json", loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5]).loss_weights == [1.0, 0.5]
     with pytest.raises(ValueError, match="loss_weights has 1 values for 2 loss_type entries"):
-        DPOStageConfig(loss_type=["sigmoid", "sft"], loss_weights=[1.0])
+        DPOStageConfig(dataset_path="d.json", loss_type=["sigmoid", "sft"], loss_weights=[1.0])

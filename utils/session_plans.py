@@ -155,7 +155,8 @@ def test_pipeline() -> Session:
                         "smoke", "--max_steps", "10", "--gain_eval_size", "10", "--max_samples", "200"])
     session.run("dpo", [PY, "scripts/04_dpo.py", "--model_path", str(work / "sft" / "smoke" / "merged"),
                         "--dataset_path", str(data / "demo" / "dpo_train.json"), "--output_dir", str(work / "dpo"),
-                        "--run_name", "smoke", "--max_steps", "5", "--gain_eval_size", "10", "--max_samples", "100"])
+                        "--run_name", "smoke", "--max_steps", "5", "--gain_eval_size", "10", "--max_samples", "100",
+                        "--loss_type", "sigmoid", "sft"])
     final = str(work / "dpo" / "smoke" / "merged")
     session.run("evaluate", [PY, "scripts/05_evaluate.py", "--model_path", final, "--tasks", "demo_mc", "smoke",
                              "--demo_mc_path", str(data / "demo" / "mc_validation.jsonl"), "--limit", "20",
