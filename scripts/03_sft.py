@@ -19,18 +19,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.cli import parse_config, run_main  # noqa: E402
+from utils.finetune import FINETUNE_HELP  # noqa: E402
 from utils.sft import SFTStageConfig, run_sft  # noqa: E402
 
 HELP = {
+    **FINETUNE_HELP,
     "model_path": "HF model directory (pretraining final/ or best/), or an SFT adapter/ to train further",
-    "dataset_path": "local .json/.jsonl(.gz) file or directory, or a Hugging Face dataset id",
     "eval_dataset_path": "held-out items with gold answers for the exact-match gain (default: the _eval sibling)",
     "prompt_template": "chatml, instruct or chat",
     "full": "full fine-tuning instead of a LoRA adapter",
-    "max_time": "stop training after this many seconds and export what was learned",
     "strict": "fail on a sequence longer than max_length instead of truncating it",
-    "resume_from_checkpoint": "auto (newest complete checkpoint-N of --run_name) or a checkpoint-N path",
-    "overwrite": "delete an existing run directory of the same --run_name first",
 }
 
 

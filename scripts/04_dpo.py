@@ -21,18 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.cli import parse_config, run_main  # noqa: E402
 from utils.dpo import DPOStageConfig, run_dpo  # noqa: E402
+from utils.finetune import FINETUNE_HELP  # noqa: E402
 
 HELP = {
+    **FINETUNE_HELP,
     "model_path": "HF model directory (an SFT merged/), or an SFT adapter/ to keep training",
-    "dataset_path": "local .json/.jsonl(.gz) file or directory, or a Hugging Face dataset id",
     "eval_dataset_path": "held-out pairs for the preference-accuracy gain (default: the _eval sibling)",
     "beta": "DPO temperature: how far the policy may move from the reference",
     "prompt_template": "chatml, instruct or chat (use the one the SFT model was trained with)",
     "early_stopping_patience": "evaluations without a better validation rewards/accuracies before stopping",
-    "max_time": "stop training after this many seconds and export what was learned",
     "strict": "fail on a pair longer than max_length instead of truncating it",
-    "resume_from_checkpoint": "auto (newest complete checkpoint-N of --run_name) or a checkpoint-N path",
-    "overwrite": "delete an existing run directory of the same --run_name first",
 }
 
 

@@ -14,19 +14,15 @@ failed run, 2 bad arguments.
 
 import argparse
 import contextlib
-import dataclasses
-import json
-import logging
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks import TargetMissed, data_format_report, data_run_benchmark  # noqa: E402
+from utils.benchmarks import TargetMissed, data_format_report, data_run_benchmark, emit_report  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 
-log = logging.getLogger("lumi.bench_data")
 
 DEFAULT_VOCAB_SIZE = 16384
 DEFAULT_COPIES = 4
@@ -54,10 +50,7 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="lumi-bench-data-")
     with work as work_dir:
         result = data_run_benchmark(Path(work_dir), args.vocab_size, args.copies)
-    print(data_format_report(result))
-    if args.json:
-        args.json.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n", encoding="utf-8")
-        log.info("results saved to %s", args.json)
+    emit_report(data_format_report(result), result, args.json)
     missed = [check.name for check in result.checks if not check.passed]
     if missed:
         raise TargetMissed(f"{len(missed)} target(s) missed: {'; '.join(missed)}")

@@ -10,20 +10,16 @@ targets, exit code 0 unless a run fails (1) or the arguments are wrong (2).
 """
 
 import argparse
-import dataclasses
-import json
-import logging
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks import (FINETUNE_DATASET, FINETUNE_MODEL, finetune_format_report,  # noqa: E402
+from utils.benchmarks import (FINETUNE_DATASET, FINETUNE_MODEL, emit_report, finetune_format_report,  # noqa: E402
                               finetune_run_benchmark)
 from utils.cli import run_main  # noqa: E402
 
-log = logging.getLogger("lumi.bench_finetune")
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,10 +34,7 @@ def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory(prefix="lumi-bench-finetune-") as work_dir:
         result = finetune_run_benchmark(Path(work_dir), args.model_path, args.dataset_path)
-    print(finetune_format_report(result))
-    if args.json:
-        args.json.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n", encoding="utf-8")
-        log.info("results saved to %s", args.json)
+    emit_report(finetune_format_report(result), result, args.json)
 
 
 if __name__ == "__main__":

@@ -15,19 +15,15 @@ met, 3 a check missed, 1 a failed run, 2 bad arguments.
 """
 
 import argparse
-import dataclasses
-import json
-import logging
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks import TargetMissed, serve_format_report, serve_run_benchmark  # noqa: E402
+from utils.benchmarks import TargetMissed, emit_report, serve_format_report, serve_run_benchmark  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 
-log = logging.getLogger("lumi.bench_serve")
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,10 +38,7 @@ def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory(prefix="lumi-bench-serve-") as work_dir:
         result = serve_run_benchmark(args.model_path, Path(work_dir))
-    print(serve_format_report(result))
-    if args.json:
-        args.json.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n", encoding="utf-8")
-        log.info("results saved to %s", args.json)
+    emit_report(serve_format_report(result), result, args.json)
     missed = [check.name for check in result.checks if not check.passed]
     if missed:
         raise TargetMissed(f"{len(missed)} check(s) missed: {'; '.join(missed)}")

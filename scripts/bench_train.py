@@ -15,19 +15,16 @@ checkpoint save of base <= 5 s on a GPU machine. Exit code: 0 all targets met, 3
 """
 
 import argparse
-import dataclasses
-import json
-import logging
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks import TRAIN_ROUNDS, TargetMissed, train_format_report, train_run_benchmark  # noqa: E402
+from utils.benchmarks import (TRAIN_ROUNDS, TargetMissed, emit_report, train_format_report,  # noqa: E402
+                              train_run_benchmark)
 from utils.cli import run_main  # noqa: E402
 
-log = logging.getLogger("lumi.bench_train")
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,10 +43,7 @@ def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory(prefix="lumi-bench-train-data-") as work_dir:
         result = train_run_benchmark(Path(work_dir), args.quick, args.rounds)
-    print(train_format_report(result))
-    if args.json:
-        args.json.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n", encoding="utf-8")
-        log.info("results saved to %s", args.json)
+    emit_report(train_format_report(result), result, args.json)
     missed = [check.name for check in result.checks if not check.passed]
     if missed:
         raise TargetMissed(f"{len(missed)} target(s) missed: {'; '.join(missed)}")

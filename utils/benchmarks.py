@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import json
 import logging
 import multiprocessing
 import os
@@ -201,29 +202,36 @@ def data_build_copies(files: Sequence[Path], target: Path, copies: int) -> Path:
     return target
 
 
+def emit_report(report: str, result: Any, json_path: Path | None) -> None:
+    """Print a benchmark's report; with json_path, also save its result dataclass there as JSON."""
+    print(report)
+    if json_path:
+        json_path.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n", encoding="utf-8")
+        log.info("results saved to %s", json_path)
+
+
 def _peak_rss_kib() -> int:
     """Peak RSS of this process or of any reaped descendant (the pool workers), in KiB on Linux."""
     return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
-def _data_stage_child(config: DataConfig, log_level: int, conn: Connection) -> None:
+def _child(function: Callable[..., Any], args: tuple[Any, ...], log_level: int, conn: Connection) -> None:
     setup_logging(log_level)
     try:
-        prepare_dataset(config)
-        conn.send(("ok", _peak_rss_kib()))
+        conn.send(("ok", function(*args)))
     except LumiError as exc:
         conn.send(("error", str(exc)))
     finally:
         conn.close()
 
 
-def data_run_stage(config: DataConfig, copies: int) -> DataStageRun:
-    """Run `prepare_dataset` in a freshly spawned interpreter so its peak memory is its own."""
+def run_in_fresh_process(function: Callable[..., Any], args: tuple[Any, ...], what: str) -> Any:
+    """`function(*args)` in a freshly spawned interpreter, so that its peak memory and warm-up are its own.
+    A LumiError in the child, or a child that dies, becomes a LumiError naming `what`."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_data_stage_child, args=(config, logging.getLogger().getEffectiveLevel(), send))
-    started = time.perf_counter()
+    process = context.Process(target=_child, args=(function, args, logging.getLogger().getEffectiveLevel(), send))
     process.start()
     send.close()
     try:
@@ -231,12 +239,24 @@ def data_run_stage(config: DataConfig, copies: int) -> DataStageRun:
     except EOFError:
         status, value = "died", None
     process.join()
-    wall = time.perf_counter() - started
     if status != "ok":
         reason = value or f"its process exited with code {process.exitcode} and no result (see the log above)"
-        raise DataError(f"benchmark run {config.name} failed: {reason}")
+        raise LumiError(f"{what} failed: {reason}")
+    return value
+
+
+def _prepare_and_peak_rss(config: DataConfig) -> int:
+    prepare_dataset(config)
+    return _peak_rss_kib()
+
+
+def data_run_stage(config: DataConfig, copies: int) -> DataStageRun:
+    """Run `prepare_dataset` in a freshly spawned interpreter so its peak memory is its own."""
+    started = time.perf_counter()
+    peak_kib = run_in_fresh_process(_prepare_and_peak_rss, (config,), f"benchmark run {config.name}")
+    wall = time.perf_counter() - started
     stats = read_json(Path(config.output_dir) / config.name / "stats.json")
-    return DataStageRun(config.name, copies, wall, value / KIB_PER_MIB, stats)
+    return DataStageRun(config.name, copies, wall, peak_kib / KIB_PER_MIB, stats)
 
 
 def data_short_docs(path: Path, count: int = DATA_MINHASH_DOCS) -> list[str]:
@@ -785,34 +805,11 @@ def train_measure_case(case: TrainCase, data_path: Path) -> TrainCaseResult:
                            memory, saves, size)
 
 
-def _train_case_child(case: TrainCase, data_path: Path, log_level: int, conn: Connection) -> None:
-    setup_logging(log_level)
-    try:
-        conn.send(("ok", train_measure_case(case, data_path)))
-    except LumiError as exc:
-        conn.send(("error", str(exc)))
-    finally:
-        conn.close()
-
-
 def train_run_case(case: TrainCase, data_path: Path) -> TrainCaseResult:
     """Measure one configuration in a freshly spawned interpreter."""
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_train_case_child,
-                              args=(case, data_path, logging.getLogger().getEffectiveLevel(), send))
     log.info("measuring %s on %s in a fresh process", case.label, case.device)
-    process.start()
-    send.close()
-    try:
-        status, value = receive.recv()
-    except EOFError:
-        status, value = "died", None
-    process.join()
-    if status != "ok":
-        reason = value or f"its process exited with code {process.exitcode} and no result (see the log above)"
-        raise LumiError(f"training benchmark {case.label} on {case.device} failed: {reason}")
-    return value
+    return run_in_fresh_process(train_measure_case, (case, data_path),
+                                f"training benchmark {case.label} on {case.device}")
 
 
 def _train_checks(results: Sequence[TrainCaseResult], gpu: str | None) -> list[TargetCheck]:
@@ -1360,32 +1357,10 @@ def finetune_measure_case(case: FinetuneCase, dataset: Path, work_dir: Path) -> 
                               "peak allocated" if device.type == "cuda" else "peak RSS")
 
 
-def _finetune_case_child(case: FinetuneCase, dataset: Path, work_dir: Path, log_level: int, conn: Connection) -> None:
-    setup_logging(log_level)
-    try:
-        conn.send(("ok", finetune_measure_case(case, dataset, work_dir)))
-    except LumiError as exc:
-        conn.send(("error", str(exc)))
-    finally:
-        conn.close()
-
-
 def finetune_run_case(case: FinetuneCase, dataset: Path, work_dir: Path) -> FinetuneCaseResult:
     """One case in a freshly spawned interpreter, so that its peak memory is its own."""
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_finetune_case_child,
-                              args=(case, dataset, work_dir, logging.getLogger().getEffectiveLevel(), send))
-    process.start()
-    send.close()
-    try:
-        status, value = receive.recv()
-    except EOFError:
-        status, value = "died", None
-    process.join()
-    if status != "ok":
-        reason = value or f"its process exited with code {process.exitcode} and no result (see the log above)"
-        raise DataError(f"fine-tuning benchmark case {case.method} on {case.device} failed: {reason}")
+    value = run_in_fresh_process(finetune_measure_case, (case, dataset, work_dir),
+                                 f"fine-tuning benchmark case {case.method} on {case.device}")
     log.info("%s SFT on %s: %.2f steps/s, %.0f tokens/s, %s %.0f MiB", case.method, case.device, value.steps_per_s,
              value.tokens_per_s, value.memory_kind, value.peak_memory_mib)
     return value

@@ -52,6 +52,15 @@ MAX_HELD_OUT_DIVISOR = 5  # a held-out draw from the training data takes at most
 T = TypeVar("T")
 
 
+# --help texts of the FinetuneConfig fields whose meaning is the same in stages 03 and 04.
+FINETUNE_HELP = {
+    "dataset_path": "local .json/.jsonl(.gz) file or directory, or a Hugging Face dataset id",
+    "max_time": "stop training after this many seconds and export what was learned",
+    "resume_from_checkpoint": "auto (newest complete checkpoint-N of --run_name) or a checkpoint-N path",
+    "overwrite": "delete an existing run directory of the same --run_name first",
+}
+
+
 @dataclass
 class FinetuneConfig:
     """Settings shared by SFT and DPO; each is a --flag (config file < flags)."""
