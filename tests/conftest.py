@@ -1,8 +1,12 @@
-"""Shared fixtures: small real-looking corpora, the ../shared data directory (skipped when absent)."""
+"""Shared fixtures: small real-looking corpora, the test data mirror (LUMI_DATA_DIR; skipped when unset) and a
+Hugging Face Hub on loopback filled from it.
+
+CI sets LUMI_DATA_DIR to ../shared/data (.ci/run); a developer runs `LUMI_DATA_DIR=../shared/data make test`."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,15 +15,34 @@ import pytest
 
 from utils.demo_corpus import iter_demo_stories
 
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
-SHARED_DATA = SHARED_DIR / "data"
+MIRROR_ENV = "LUMI_DATA_DIR"
+
+
+def mirror_dir() -> Path | None:
+    """The test data mirror named by LUMI_DATA_DIR, or None when unset or missing."""
+    value = os.environ.get(MIRROR_ENV)
+    return Path(value) if value and Path(value).is_dir() else None
 
 
 @pytest.fixture
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not present (CI always has it)")
-    return SHARED_DATA
+    mirror = mirror_dir()
+    if mirror is None:
+        pytest.skip(f"{MIRROR_ENV} is not set to the test data mirror (CI sets it to ../shared/data)")
+    return mirror
+
+
+@pytest.fixture(scope="session")
+def fake_hub() -> Iterator[Any]:
+    """A loopback Hugging Face Hub serving the real repository layouts, filled from the mirror."""
+    from tests.fake_hub import running_hub
+    from tests.hub_repos import fill
+
+    mirror = mirror_dir()
+    if mirror is None:
+        pytest.skip(f"{MIRROR_ENV} is not set: the loopback hub is filled from the test data mirror")
+    with running_hub() as hub:
+        yield fill(hub, mirror)
 
 
 def story_texts(count: int, seed: int = 7) -> list[str]:

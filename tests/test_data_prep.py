@@ -163,3 +163,24 @@ def test_cli_errors_exit_non_zero_with_message(tmp_path: Path) -> None:
     assert result.returncode == 1 and "input path not found" in result.stderr and "Traceback" not in result.stderr
     result = _cli("--source", "local", "--output_dir", str(tmp_path))
     assert result.returncode == 2 and "needs input_path" in result.stderr
+
+
+def test_input_path_alone_means_a_local_corpus_named_by_its_file(tmp_path: Path, jsonl_corpus: Path) -> None:
+    result = _cli("--input_path", str(jsonl_corpus), "--vocab_size", "400", "--output_dir", str(tmp_path),
+                  "--num_workers", "0")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "corpus" / "manifest.json").read_text())  # corpus.jsonl -> "corpus"
+    assert manifest["dataset"] == "corpus" and not (tmp_path / "demo_tiny").exists()
+    assert DataConfig(input_path="data/raw/books/*.txt").name == "books"
+    assert DataConfig(input_path="my_corpus.jsonl.gz").name == "my_corpus"
+    assert DataConfig(source="local", input_path="dir/").name == "dir"
+
+
+def test_input_path_with_a_hub_config_says_to_add_source_local(tmp_path: Path, jsonl_corpus: Path) -> None:
+    args = ["--config_path", "config/datasets/openwebtext.json", "--input_path", str(jsonl_corpus),
+            "--output_dir", str(tmp_path)]
+    result = _cli(*args)
+    assert result.returncode == 2 and "add --source local" in result.stderr
+    fixed = _cli(*args, "--source", "local", "--vocab_size", "400", "--num_workers", "0")  # the suggested command
+    assert fixed.returncode == 0, fixed.stderr
+    assert (tmp_path / "openwebtext" / "manifest.json").is_file()

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from utils.errors import DataError
+from utils.hub import PublicDataset
 from utils.sources import ReadStats, SourceOptions, iter_hub_documents, iter_local_documents, resolve_input_files
 
 
@@ -101,11 +102,13 @@ def test_huge_single_document_is_capped_and_counted(tmp_path: Path) -> None:
     assert len(docs) == 1 and len(docs[0]) == 1_000_000 and stats.capped == 1
 
 
-def test_hub_source_offline_fails_at_once_naming_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
+WIKITEXT = PublicDataset("wikitext2", "Salesforce/wikitext", "wikitext-2-raw-v1", "train", ("wikitext-2/*.raw",))
+
+
+def test_streamed_hub_source_offline_fails_at_once_naming_dataset_and_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match="'Salesforce/wikitext'.*--input_path"):
-        next(iter_hub_documents("Salesforce/wikitext", "wikitext-2-raw-v1", "train", True, ReadStats(),
-                                SourceOptions()))
+    with pytest.raises(DataError, match=r"Salesforce/wikitext, wikitext-2-raw-v1.*LUMI_DATA_DIR/wikitext-2/\*\.raw"):
+        next(iter_hub_documents(WIKITEXT, True, ReadStats(), SourceOptions()))
 
 
 def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,5 +117,6 @@ def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch: pytest.Mon
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
-    with pytest.raises(DataError, match="'roneneldan/TinyStories'.*unreachable"):
-        next(iter_hub_documents("roneneldan/TinyStories", None, "train", True, ReadStats(), SourceOptions()))
+    with pytest.raises(DataError, match="(?s)unreachable.*roneneldan/TinyStories"):
+        tiny = PublicDataset("tinystories", "roneneldan/TinyStories", None, "train", ("tinystories/*.txt",))
+        next(iter_hub_documents(tiny, True, ReadStats(), SourceOptions()))

@@ -3,6 +3,7 @@
     .venv/bin/python -m pytest -q tests/test_tokenizer.py
 """
 
+import os
 import random
 import re
 import shutil
@@ -24,7 +25,7 @@ from utils.tokenizer import (
 SMALL_VOCAB = 512
 AUSTEN_VOCAB = 1000
 SYNTHETIC_LINES = 2000
-AUSTEN = Path(__file__).resolve().parents[1].parent / "shared/data/prose/british-fiction/Austen_Emma.txt"
+AUSTEN = Path(os.environ.get("LUMI_DATA_DIR", "/nonexistent")) / "prose/british-fiction/Austen_Emma.txt"
 
 # Layout that breaks naive SentencePiece -> HF conversions: leading/multiple spaces, tabs, blank lines, digits,
 # punctuation, emoji and CJK (byte fallback for unseen characters), accented letters.

@@ -32,6 +32,7 @@ from utils.data_report import StageTimer, build_stats, write_data_card
 from utils.dedup import NearDuplicateIndex, exact_key
 from utils.errors import ConfigError, DataError
 from utils.filters import FilterOptions, drop_reason
+from utils.hub import MIRROR_ENV, PublicDataset, check_available, expand_mirror_path, mirror_matches, mirror_root
 from utils.sources import (ReadStats, SourceOptions, input_fingerprint, iter_hub_documents, iter_local_documents,
                            resolve_input_files)
 
@@ -53,13 +54,15 @@ RUN_ONLY_KEYS = ("force", "strict", "num_workers", "output_dir")
 class DataConfig:
     """Stage 01 settings. Every key may appear in config/datasets/*.json or as a --flag."""
 
-    name: str = "demo_tiny"
-    source: Literal["demo", "local", "hf"] = "demo"
+    name: str | None = None  # default: demo_tiny, the input's file or folder stem, or the hub dataset's name
+    source: Literal["demo", "local", "hf"] | None = None  # default: local with input_path, hf with hf_dataset, demo
     input_path: str | None = None
     hf_dataset: str | None = None
     hf_subset: str | None = None
     hf_split: str = "train"
-    hf_streaming: bool = True
+    hf_data_files: str | None = None  # a glob inside the hub repository: only these files are downloaded
+    hf_streaming: bool = False  # True: no download and no cache (a rerun needs the network again)
+    mirror_path: str | None = None  # where a LUMI_DATA_DIR mirror keeps this hub dataset (glob inside it)
     text_field: str = "text"
     text_unit: Literal["paragraph", "line", "file"] = "paragraph"
     max_documents: int | None = None
@@ -100,10 +103,18 @@ class DataConfig:
     strict: bool = False
 
     def __post_init__(self) -> None:
+        if self.source is None:
+            self.source = "local" if self.input_path else "hf" if self.hf_dataset else "demo"
         if self.source == "local" and not self.input_path:
             raise ValueError("source 'local' needs input_path (a file, directory or glob): pass --input_path")
         if self.source == "hf" and not self.hf_dataset:
             raise ValueError("source 'hf' needs hf_dataset (a Hugging Face dataset id)")
+        if self.source != "local" and self.input_path:
+            what = f"the Hugging Face dataset {self.hf_dataset}" if self.source == "hf" else "the demo corpus"
+            raise ValueError(f"input_path {self.input_path} is given but the source is '{self.source}' ({what}): "
+                             f"add --source local to read the file instead")
+        if self.name is None:
+            self.name = default_dataset_name(self)
         if not 0.0 < self.train_fraction < 1.0:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
         if not 0.0 < self.minhash_threshold <= 1.0:
@@ -112,6 +123,22 @@ class DataConfig:
             raise ValueError(f"min_chars {self.min_chars} exceeds max_chars {self.max_chars}")
         if self.max_length < 16:
             raise ValueError(f"max_length must be at least 16, got {self.max_length}")
+
+
+def default_dataset_name(config: DataConfig) -> str:
+    """demo_tiny; a local corpus is named by its file or folder (my_corpus.jsonl.gz -> my_corpus); a hub one by id."""
+    if config.source == "local":
+        assert config.input_path is not None
+        stem = Path(config.input_path.rstrip("/")).name
+        if any(ch in stem for ch in "*?["):  # a glob: name it by the folder it searches
+            stem = Path(config.input_path.split("*")[0].rstrip("/")).name or "local"
+        for suffix in (".gz", ".jsonl", ".ndjson", ".json", ".parquet", ".txt", ".text", ".md"):
+            stem = stem.removesuffix(suffix)
+        return stem or "local"
+    if config.source == "hf":
+        assert config.hf_dataset is not None
+        return config.hf_dataset.rsplit("/", 1)[-1].lower().replace("-", "_")
+    return "demo_tiny"
 
 
 @dataclass
@@ -201,10 +228,8 @@ def _iter_raw_documents(config: DataConfig, stats: ReadStats, files: list[Path])
     block_chars = config.max_chars if config.split_long_documents else config.max_doc_chars
     options = SourceOptions(text_field=config.text_field, text_unit=config.text_unit,
                             max_doc_chars=config.max_doc_chars, block_chars=block_chars, strict=config.strict)
-    if config.source == "hf":
-        assert config.hf_dataset is not None
-        documents = iter_hub_documents(config.hf_dataset, config.hf_subset, config.hf_split, config.hf_streaming,
-                                       stats, options)
+    if config.source == "hf" and not files:
+        documents = iter_hub_documents(hub_dataset(config), config.hf_streaming, stats, options)
     else:
         documents = iter_local_documents(files, stats, options)
     # islice pulls exactly max_documents, so the reader's counts stop there too.
@@ -396,8 +421,9 @@ def _existing_output_is_current(out: Path, fingerprint: str, force: bool) -> boo
 
 def prepare_dataset(config: DataConfig) -> Path:
     """Run stage 01 and return the output directory (unchanged if already prepared with this config)."""
+    assert config.name is not None
     out = Path(config.output_dir) / config.name
-    files = resolve_input_files(config.input_path) if config.source == "local" else []
+    files = input_files(config)
     fingerprint = config_fingerprint(config, input_fingerprint(files))
     if _existing_output_is_current(out, fingerprint, config.force):
         log.info("%s is up to date with this config: nothing to do (pass --force to rebuild)", out)
@@ -409,6 +435,34 @@ def prepare_dataset(config: DataConfig) -> Path:
         _build(config, files, tmp, fingerprint, started)
     log.info("wrote %s", out)
     return out
+
+
+def hub_dataset(config: DataConfig) -> PublicDataset:
+    """The hub dataset a source-hf config reads, with where a LUMI_DATA_DIR mirror keeps it."""
+    assert config.hf_dataset is not None
+    mirror = (config.mirror_path,) if config.mirror_path else ()
+    return PublicDataset(config.name or config.hf_dataset, config.hf_dataset, config.hf_subset, config.hf_split,
+                         mirror, config.hf_data_files)
+
+
+def input_files(config: DataConfig) -> list[Path]:
+    """Local files to read: --input_path, or a hub dataset's copy in the LUMI_DATA_DIR mirror; [] for hub/demo."""
+    if config.source == "local":
+        assert config.input_path is not None
+        return resolve_input_files(expand_mirror_path(config.input_path))
+    root = mirror_root() if config.source == "hf" else None
+    if root is None:
+        if config.source == "hf":
+            check_available([hub_dataset(config)])
+        return []
+    dataset = hub_dataset(config)
+    if not dataset.mirror:
+        raise DataError(f"{MIRROR_ENV} is set but the config of {config.hf_dataset} has no mirror_path: add "
+                        f"\"mirror_path\" (a glob inside the mirror), or unset {MIRROR_ENV} to use the hub.")
+    check_available([dataset])
+    files = mirror_matches(dataset, root)
+    log.info("%s: reading the mirror copy %s (%d files)", config.hf_dataset, root / dataset.mirror[0], len(files))
+    return files
 
 
 def _write_demo_corpus(config: DataConfig, tmp: Path) -> Path:

@@ -10,15 +10,13 @@ import glob
 import gzip
 import json
 import logging
-import os
-import socket
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from utils.errors import DataError
+from utils.hub import PublicDataset, load_hub_split
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +27,6 @@ PARQUET_SUFFIXES = (".parquet",)
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES
 PARQUET_BATCH_ROWS = 1024
 MAX_BAD_RECORD_EXAMPLES = 5
-HUB_PROBE_TIMEOUT_S = 5.0
 JSON_PEEK_BYTES = 4096
 
 
@@ -248,39 +245,14 @@ def iter_local_documents(files: list[Path], stats: ReadStats, options: SourceOpt
             yield _cap(text, stats, options)
 
 
-def iter_hub_documents(dataset_id: str, subset: str | None, split: str, streaming: bool, stats: ReadStats,
+def iter_hub_documents(dataset: PublicDataset, streaming: bool, stats: ReadStats,
                        options: SourceOptions) -> Iterator[str]:
-    """Stream a Hugging Face dataset; offline, fail at once naming the dataset and the local-file option."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        raise DataError(_offline_message(dataset_id, "HF_HUB_OFFLINE=1 is set"))
-    _check_hub_reachable(dataset_id)
-    import datasets
-
-    try:
-        dataset = datasets.load_dataset(dataset_id, subset, split=split, streaming=streaming)
-    except (ConnectionError, OSError, ValueError) as exc:  # datasets raises these when the hub is unreachable
-        raise DataError(_offline_message(dataset_id, f"{type(exc).__name__}: {exc}")) from exc
-    stats.files.append(f"hf://{dataset_id}" + (f"/{subset}" if subset else "") + f":{split}")
-    for index, record in enumerate(dataset):
-        text = _text_of(record, f"{dataset_id}[{index}]", stats, options)
+    """A Hugging Face dataset's records (downloaded once and cached, or streamed), one text at a time."""
+    rows = load_hub_split(dataset, streaming=streaming)
+    stats.files.append(f"hf://{dataset.hub_id}" + (f"/{dataset.subset}" if dataset.subset else "")
+                       + f":{dataset.split}")
+    for index, record in enumerate(rows):
+        text = _text_of(record, f"{dataset.hub_id}[{index}]", stats, options)
         if text is not None:
             stats.documents += 1
             yield _cap(text, stats, options)
-
-
-def _check_hub_reachable(dataset_id: str) -> None:
-    """One TCP connect with a short timeout: offline, fail in seconds instead of after the hub client's retries."""
-    from huggingface_hub import constants
-
-    url = urllib.parse.urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-    except OSError as exc:
-        raise DataError(_offline_message(dataset_id, f"{url.hostname} is unreachable: {exc}")) from exc
-
-
-def _offline_message(dataset_id: str, reason: str) -> str:
-    return (f"cannot load Hugging Face dataset '{dataset_id}' ({reason}). Without network, download its files "
-            f"elsewhere and pass them with --input_path (txt, jsonl, json, parquet, or .gz of those), "
-            f"or use --source demo for the embedded demo corpus.")

@@ -1,0 +1,117 @@
+"""The hub path, run as a user runs it online: stages load datasets by hub id from a loopback Hugging Face Hub
+(tests/fake_hub.py), then rerun offline from the Hugging Face cache; the mirror switch and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PREPARE = [sys.executable, "scripts/01_prepare_data.py"]
+SMALL = ["--vocab_size", "400", "--num_workers", "0", "--max_length", "128"]
+FAIL_FAST_S = 10
+
+
+def run(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def offline(env: dict[str, str]) -> dict[str, str]:
+    """The same machine with the network gone: offline flags set, the endpoint pointing nowhere."""
+    return {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "HTTP_PROXY": "", "http_proxy": ""}
+
+
+@pytest.fixture
+def hub_env(fake_hub, tmp_path: Path) -> dict[str, str]:
+    return fake_hub.env(tmp_path / "hf")
+
+
+def test_stage01_downloads_by_hub_id_then_reruns_offline_from_the_cache(fake_hub, hub_env, tmp_path: Path) -> None:
+    out = tmp_path / "processed"
+    first = run([*PREPARE, "--config_path", "config/datasets/tinystories.json", "--output_dir", str(out), *SMALL],
+                hub_env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stats = json.loads((out / "tinystories" / "stats.json").read_text())
+    assert stats["documents"]["read"] > 500 and stats["tokens"]["train"] > 10_000
+    assert any("resolve" in r and "TinyStories/resolve" in r and r.endswith(".parquet") for r in fake_hub.requests)
+    assert list((tmp_path / "hf" / "hub").glob("datasets--roneneldan--TinyStories/snapshots/*/data/*.parquet"))
+    manifest = (out / "tinystories" / "manifest.json").read_bytes()
+
+    again = run([*PREPARE, "--config_path", "config/datasets/tinystories.json", "--output_dir", str(out), *SMALL,
+                 "--force"], offline(hub_env))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "tinystories" / "manifest.json").read_bytes() == manifest  # same data from the cache
+
+
+def test_fineweb_edu_downloads_only_the_configured_file(fake_hub, hub_env, tmp_path: Path) -> None:
+    result = run([*PREPARE, "--config_path", "config/datasets/fineweb_edu.json", "--output_dir",
+                  str(tmp_path / "p"), *SMALL], hub_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fetched = [r for r in fake_hub.requests if r.startswith("GET") and "fineweb-edu/resolve" in r]
+    assert any("000_00000.parquet" in r for r in fetched)
+    assert not any("001_00000.parquet" in r for r in fetched)
+
+
+def test_interrupted_download_fails_then_resumes(fake_hub, hub_env, tmp_path: Path) -> None:
+    name = "data/validation-00000-of-00001.parquet"
+    fake_hub.fail_reads[name] = 100  # every attempt of this run is cut half way
+    out = tmp_path / "p"
+    args = [*PREPARE, "--config_path", "config/datasets/tinystories.json", "--output_dir", str(out), *SMALL]
+    try:
+        broken = run(args, hub_env)
+    finally:
+        fake_hub.fail_reads[name] = 0
+    assert broken.returncode != 0
+    assert "was interrupted" in broken.stderr and "Run the same command again" in broken.stderr
+    assert "Traceback" not in broken.stderr and not (out / "tinystories").exists()
+    assert not list(out.glob(".*tmp*")) if out.exists() else True
+    resumed = run(args, hub_env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "tinystories" / "stats.json").read_text())["documents"]["read"] > 500
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--hf_dataset", "nobody/no-such-dataset"], "nobody/no-such-dataset' was not found"),
+    (["--hf_split", "nosuchsplit"], "no split 'nosuchsplit'"),
+    (["--text_field", "story"], "text field 'story' not found; fields present: text"),
+])
+def test_bad_hub_input_names_the_thing(hub_env, tmp_path: Path, flags: list[str], needle: str) -> None:
+    result = run([*PREPARE, "--config_path", "config/datasets/tinystories.json", "--output_dir", str(tmp_path / "p"),
+                  *SMALL, *flags], hub_env)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_offline_and_not_cached_fails_fast_naming_both_ways(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LUMI_DATA_DIR"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf"))
+    start = time.monotonic()
+    result = run([*PREPARE, "--config_path", "config/datasets/tinystories.json", "--output_dir", str(tmp_path)], env)
+    assert time.monotonic() - start < 60  # generous: the claim (seconds) is timed in the fresh-machine test
+    assert result.returncode == 1
+    assert "roneneldan/TinyStories" in result.stderr and "LUMI_DATA_DIR" in result.stderr
+    assert "tinystories/*.txt" in result.stderr
+
+
+def test_mirror_replaces_the_hub(shared_data: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "LUMI_DATA_DIR": str(shared_data), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = run([*PREPARE, "--config_path", "config/datasets/tinystories.json", "--output_dir", str(tmp_path / "p"),
+                  *SMALL], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads((tmp_path / "p" / "tinystories" / "stats.json").read_text())
+    assert any("tinystories" in f and f.endswith(".txt") for f in stats["input_files"])
+
+
+def test_mirror_missing_a_dataset_names_it(tmp_path: Path) -> None:
+    (tmp_path / "mirror").mkdir()
+    env = {**os.environ, "LUMI_DATA_DIR": str(tmp_path / "mirror"), "HF_HUB_OFFLINE": "1"}
+    result = run([*PREPARE, "--config_path", "config/datasets/fineweb_edu.json", "--output_dir", str(tmp_path)], env)
+    assert result.returncode == 1
+    assert "HuggingFaceFW/fineweb-edu" in result.stderr and "fineweb-edu/*.parquet" in result.stderr
