@@ -197,7 +197,7 @@ def test_offline_hub_names_the_dataset_and_the_flag(monkeypatch: pytest.MonkeyPa
             load_task(task, None, None)
         assert TASKS[task].hub_id in str(error.value)
         assert f"--{task}_path" in str(error.value) and "--data_dir" in str(error.value)
-    with pytest.raises(DataError, match="EleutherAI/wikitext_document_level.*--wikitext_path"):
+    with pytest.raises(DataError, match="(?s)EleutherAI/wikitext_document_level.*--wikitext_path"):
         load_wikitext_documents(None)
 
 

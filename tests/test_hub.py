@@ -115,3 +115,60 @@ def test_mirror_missing_a_dataset_names_it(tmp_path: Path) -> None:
     result = run([*PREPARE, "--config_path", "config/datasets/fineweb_edu.json", "--output_dir", str(tmp_path)], env)
     assert result.returncode == 1
     assert "HuggingFaceFW/fineweb-edu" in result.stderr and "fineweb-edu/*.parquet" in result.stderr
+
+
+EVALUATE = [sys.executable, "scripts/05_evaluate.py", "--tasks", "wikitext", "hellaswag", "arc_easy", "arc_challenge",
+            "boolq", "--limit", "12", "--batch_size", "4"]
+
+
+def _evaluate(model: Path, out: Path, env: dict[str, str]) -> dict:
+    result = run([*EVALUATE, "--model_path", str(model), "--output_dir", str(out), "--run_name", "r"], env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((out / "r" / "results.json").read_text())["tasks"]
+
+
+def test_evaluation_from_the_hub_agrees_with_the_mirror(hub_env, serve_model_dir: Path, shared_data: Path,
+                                                        tmp_path: Path) -> None:
+    hub = _evaluate(serve_model_dir, tmp_path / "hub", hub_env)
+    mirror_env = {**os.environ, "LUMI_DATA_DIR": str(shared_data), "HF_HUB_OFFLINE": "1"}
+    mirror = _evaluate(serve_model_dir, tmp_path / "mirror", mirror_env)
+    for task in ("arc_easy", "arc_challenge", "boolq", "hellaswag"):
+        assert hub[task]["n"] == mirror[task]["n"] == 12
+    for task in ("arc_easy", "arc_challenge", "boolq"):  # same rows, same prompts: the same scores
+        assert hub[task]["acc"] == mirror[task]["acc"] and hub[task]["acc_norm"] == mirror[task]["acc_norm"]
+    assert hub["wikitext"]["documents"] == mirror["wikitext"]["documents"]
+    rerun = _evaluate(serve_model_dir, tmp_path / "again", offline(hub_env))  # offline, from the cache
+    assert rerun["boolq"]["acc"] == hub["boolq"]["acc"]
+
+
+def test_evaluation_without_hub_or_mirror_names_every_dataset_before_loading(serve_model_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "LUMI_DATA_DIR"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf"))
+    result = run([*EVALUATE, "--model_path", str(serve_model_dir), "--output_dir", str(tmp_path)], env)
+    assert result.returncode == 1
+    for name in ("EleutherAI/wikitext_document_level", "Rowan/hellaswag", "allenai/ai2_arc, ARC-Easy",
+                 "allenai/ai2_arc, ARC-Challenge", "aps/super_glue, boolq"):
+        assert name in result.stderr
+    assert "LUMI_DATA_DIR" in result.stderr and "loading model" not in result.stderr.lower()
+
+
+LOAD_FINETUNE_DATA = """
+import json, sys
+from utils.sft_data import load_preference_pairs, load_sft_examples
+sft, sft_report = load_sft_examples("tatsu-lab/alpaca")
+dpo, dpo_report = load_preference_pairs("Anthropic/hh-rlhf")
+print(json.dumps({"sft": len(sft), "sft_format": sft_report.format, "dpo": len(dpo), "dpo_format": dpo_report.format}))
+"""
+
+
+def test_finetuning_sets_load_by_hub_id_and_from_the_mirror(hub_env, shared_data: Path) -> None:
+    hub = run([sys.executable, "-c", LOAD_FINETUNE_DATA], hub_env)
+    assert hub.returncode == 0, hub.stderr[-3000:]
+    counts = json.loads(hub.stdout)
+    assert counts["sft_format"] == "alpaca" and counts["sft"] > 4900
+    assert counts["dpo_format"] == "hh" and counts["dpo"] > 300  # the train split of the loopback repo
+    mirror = run([sys.executable, "-c", LOAD_FINETUNE_DATA],
+                 {**os.environ, "LUMI_DATA_DIR": str(shared_data), "HF_HUB_OFFLINE": "1"})
+    assert mirror.returncode == 0, mirror.stderr[-3000:]
+    assert json.loads(mirror.stdout)["sft"] == counts["sft"]  # the same 5,000 Alpaca rows either way

@@ -99,9 +99,10 @@ def test_empty_and_missing_datasets_are_errors(tmp_path: Path) -> None:
 
 def test_hub_ids_fail_fast_offline_naming_dataset_and_local_option(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match=r"'tatsu-lab/alpaca'.*--dataset_path"):
+    monkeypatch.delenv("LUMI_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match=r"(?s)tatsu-lab/alpaca.*--dataset_path"):
         load_sft_examples("tatsu-lab/alpaca")
-    with pytest.raises(DataError, match=r"'Anthropic/hh-rlhf'.*--dataset_path"):
+    with pytest.raises(DataError, match=r"(?s)Anthropic/hh-rlhf.*--dataset_path"):
         load_preference_pairs("Anthropic/hh-rlhf")
 
 

@@ -6,7 +6,7 @@ WITHOUT that space, as lm-eval's `doc_to_choice` returns them (acc_norm divides 
 
 * hellaswag (validation; lm-eval `tasks/hellaswag/utils.py`): query = preprocess(activity_label + ": " + ctx_a +
   " " + ctx_b.capitalize()), choices = [preprocess(e) for e in endings], gold = int(label). Rows without
-  ctx_a/ctx_b (the klosax re-export in shared/data) are rebuilt by `_split_ctx`; see there for what that recovers.
+  ctx_a/ctx_b (the klosax re-export in the test data mirror) are rebuilt by `_split_ctx`; see there for what that recovers.
   That export also stripped the leading space lm-eval leaves on a WikiHow ending that starts with a marker
   ("[step] Foo" -> " Foo"), which cannot be restored; its first 1000 items are all ActivityNet, so unaffected.
 * arc_easy / arc_challenge (test; `tasks/arc/arc_easy.yaml`): "Question: {question}\\nAnswer:", choices =
@@ -28,10 +28,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import os
 import re
-import socket
-import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import ConfigError, DataError
+from utils.hub import PublicDataset, load_hub_split
 
 log = logging.getLogger(__name__)
 
-HUB_PROBE_TIMEOUT_S = 5.0
 HELLASWAG_LINES_PER_ITEM = 6  # klosax text export: "label: ctx", gold, 4 endings
 HELLASWAG_NUM_ENDINGS = 4
 BOOLQ_CHOICES = ("no", "yes")
@@ -53,8 +50,12 @@ WIKITEXT_HUB_ID = "EleutherAI/wikitext_document_level"
 WIKITEXT_HUB_CONFIG = "wikitext-2-raw-v1"
 WIKITEXT_SPLIT = "test"
 WIKITEXT_LOCAL_PATTERNS = ("wiki.test.raw", "wiki.test.tokens", "wiki.valid.raw", "wiki.valid.tokens")
-WIKITEXT_SUBDIRS = ("", "wikitext-2-raw", "wikitext-2", "wikitext-2-raw-v1")
+WIKITEXT_SUBDIRS = ("wikitext-2", "", "wikitext-2-raw", "wikitext-2-raw-v1")
 UNK_TOKEN = "<unk>"
+WIKITEXT_FLAGS = "--wikitext_path FILE (a wiki.*.raw or wiki.*.tokens file) or --data_dir DIR"
+WIKITEXT_DATASET = PublicDataset(
+    "WikiText-2", WIKITEXT_HUB_ID, WIKITEXT_HUB_CONFIG, WIKITEXT_SPLIT,
+    tuple(f"{sub}/{name}" if sub else name for name in WIKITEXT_LOCAL_PATTERNS for sub in WIKITEXT_SUBDIRS))
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def hellaswag_query(activity_label: str, ctx_a: str, ctx_b: str) -> str:
 def _split_ctx(ctx: str) -> tuple[str, str]:
     """Recover (ctx_a, ctx_b) from a ctx-only row, where ctx = ctx_a + " " + ctx_b as in the original file.
 
-    The klosax export (shared/data/hellaswag) keeps the original `ctx`, whose ctx_b is NOT capitalised
+    The klosax export (the test mirror's hellaswag/) keeps the original `ctx`, whose ctx_b is NOT capitalised
     ("A man is sitting on a roof. he"), while lm-eval builds "... roof. He" and `str.capitalize` also lowercases the
     rest of ctx_b. ActivityNet contexts end in such a lowercase fragment after the last sentence; WikiHow contexts
     have an empty ctx_b. So the fragment after the last sentence end is ctx_b when it starts in lowercase and is not
@@ -231,33 +232,21 @@ def _path_flags(name: str) -> str:
     return f"--data_dir DIR or --{name}_path FILE"
 
 
-def hub_unavailable_reason() -> str | None:
-    """Why the Hub cannot be used now, or None: the offline flags, then one short TCP probe (no long retries)."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        return "HF_HUB_OFFLINE=1 is set"
-    from huggingface_hub import constants
+def task_dataset(name: str) -> PublicDataset | None:
+    """The public dataset behind a task (None for demo_mc, which travels with the demo data)."""
+    if name == "wikitext":
+        return WIKITEXT_DATASET
+    spec = _spec(name)
+    if spec.hub_id is None:
+        return None
+    return PublicDataset(spec.display_name, spec.hub_id, spec.hub_config, spec.split, spec.local_patterns)
 
-    url = urllib.parse.urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
+
+def _load_hub_rows(dataset: PublicDataset, flags: str) -> list[dict[str, Any]]:
     try:
-        socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-    except OSError as exc:
-        return f"{url.hostname} is unreachable: {exc}"
-    return None
-
-
-def _load_hub_rows(dataset_id: str, config: str | None, split: str, what: str, flags: str) -> list[dict[str, Any]]:
-    hub_name = dataset_id + (f" ({config})" if config else "")
-    reason = hub_unavailable_reason()
-    if reason is None:
-        import datasets
-
-        try:
-            return list(datasets.load_dataset(dataset_id, config, split=split))
-        except (ConnectionError, OSError, ValueError) as exc:  # what datasets raises when the Hub fails
-            reason = f"{type(exc).__name__}: {exc}"
-    raise DataError(f"cannot load {what} from the Hugging Face Hub dataset {hub_name}, split {split} ({reason}). "
-                    f"Without network, pass local files with {flags}.")
+        return list(load_hub_split(dataset))
+    except DataError as exc:
+        raise DataError(f"{dataset.name}: {exc}\nOr pass local files with {flags}.") from exc
 
 
 def _resolve_local(path: Path, patterns: tuple[str, ...], what: str, flags: str) -> Path:
@@ -329,8 +318,9 @@ def load_task(name: str, path: Path | None, limit: int | None) -> list[MultipleC
         if spec.hub_id is None:
             raise DataError(f"{spec.display_name} has no Hub copy: pass {flags} (e.g. the prepared data directory "
                             f"holding {spec.local_patterns[0]})")
-        rows = ((f"{spec.hub_id}[{i}]", row) for i, row in
-                enumerate(_load_hub_rows(spec.hub_id, spec.hub_config, spec.split, spec.display_name, flags)))
+        dataset = task_dataset(name)
+        assert dataset is not None
+        rows = ((f"{spec.hub_id}[{i}]", row) for i, row in enumerate(_load_hub_rows(dataset, flags)))
         source = f"hf://{spec.hub_id}" + (f"/{spec.hub_config}" if spec.hub_config else "")
     else:
         file = _resolve_local(Path(path), spec.local_patterns, spec.display_name, flags)
@@ -413,9 +403,7 @@ def split_wikitext_pages(text: str) -> list[str]:
 
 
 def _wikitext_local_pages(path: Path) -> list[str]:
-    flags = "--wikitext_path FILE (a wiki.*.raw or wiki.*.tokens file) or --data_dir DIR"
-    patterns = tuple(f"{sub}/{name}" if sub else name for name in WIKITEXT_LOCAL_PATTERNS for sub in WIKITEXT_SUBDIRS)
-    file = _resolve_local(path, patterns, "WikiText-2", flags)
+    file = _resolve_local(path, WIKITEXT_DATASET.mirror, "WikiText-2", WIKITEXT_FLAGS)
     if file.suffix in (".jsonl", ".json"):
         return [row["page"] for _, row in _json_rows(file)]
     text = file.read_text(encoding="utf-8")
@@ -432,14 +420,13 @@ def load_wikitext_documents(path: Path | None) -> list[RollingDocument]:
 
     Without a path: EleutherAI/wikitext_document_level, wikitext-2-raw-v1, test split (lm-eval's default). With a
     path: a wiki.*.raw / wiki.*.tokens file (or a directory holding one), or JSON lines with a "page" field. The
-    shared/data copy is the TOKENIZED validation file (`<unk>` for rare words, pre-split punctuation): figures on it
+    test mirror's copy is the TOKENIZED validation file (`<unk>` for rare words, pre-split punctuation): figures on it
     are not comparable to published raw-test numbers.
     Each document scores `wikitext_detokenizer(page)`; words and bytes are counted on the original page, as in
     lm-eval's `process_results`.
     """
     if path is None:
-        rows = _load_hub_rows(WIKITEXT_HUB_ID, WIKITEXT_HUB_CONFIG, WIKITEXT_SPLIT, "WikiText-2",
-                              "--wikitext_path FILE (a wiki.*.raw or wiki.*.tokens file) or --data_dir DIR")
+        rows = _load_hub_rows(WIKITEXT_DATASET, WIKITEXT_FLAGS)
         pages = [row["page"] for row in rows]
     else:
         pages = _wikitext_local_pages(Path(path))

@@ -20,7 +20,8 @@ from utils.artifacts import atomic_directory, read_json, write_json
 from utils.assessment import load_expectations, render_assessment
 from utils.config import save_resolved_config
 from utils.errors import DataError
-from utils.eval_tasks import TASKS, baseline_accuracy, load_task, load_wikitext_documents
+from utils.eval_tasks import TASKS, baseline_accuracy, load_task, load_wikitext_documents, task_dataset
+from utils.hub import check_available, mirror_root
 from utils.generation import GenerationParams, generate_ids
 from utils.model_io import LoadedModel, load_model
 from utils.quality import WEIGHTS, assess_response
@@ -86,10 +87,30 @@ def _task_path(config: EvalConfig, task: str, loaded: LoadedModel) -> Path | Non
         dataset = loaded.meta.get("dataset")
         if dataset and (Path(dataset) / "demo" / "mc_validation.jsonl").is_file():
             return Path(dataset) / "demo" / "mc_validation.jsonl"
-    if config.data_dir:
-        wikitext_dir = Path(config.data_dir) / "wikitext-2"
-        return wikitext_dir if task == "wikitext" and wikitext_dir.is_dir() else Path(config.data_dir)
+    data_dir = _data_dir(config)
+    if data_dir:
+        wikitext_dir = data_dir / "wikitext-2"
+        return wikitext_dir if task == "wikitext" and wikitext_dir.is_dir() else data_dir
     return None
+
+
+def _data_dir(config: EvalConfig) -> Path | None:
+    """--data_dir, else the LUMI_DATA_DIR mirror, else None (the hub)."""
+    return Path(config.data_dir) if config.data_dir else mirror_root()
+
+
+def check_task_data(config: EvalConfig) -> None:
+    """Before the model loads: every public dataset the tasks need can be had, or one error naming them all."""
+    needed = []
+    for task in config.tasks:
+        dataset = task_dataset(task) if task in TASKS or task == "wikitext" else None
+        if dataset is None or getattr(config, f"{task}_path") or (task == "wikitext" and config.skip_perplexity):
+            continue
+        needed.append(dataset)
+    try:
+        check_available(needed, _data_dir(config))
+    except DataError as exc:
+        raise DataError(f"{exc}\nOr pass local files with --data_dir DIR or --<task>_path FILE.") from exc
 
 
 def _limit(config: EvalConfig, task: str) -> int | None:
@@ -203,6 +224,7 @@ def evaluate_model(config: EvalConfig) -> Path:
     model_path = Path(config.model_path)
     run_name = config.run_name or "-".join(model_path.resolve().parts[-2:])
     out_dir = Path(config.output_dir) / run_name
+    check_task_data(config)
     loaded = load_model(model_path, device=_device(config.device))
     scorer = LoglikelihoodScorer(loaded.model, loaded.tokenizer, batch_size=config.batch_size)
     started = time.perf_counter()

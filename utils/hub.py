@@ -130,19 +130,21 @@ def unavailable_message(missing: Sequence[PublicDataset], reason: str) -> str:
     """One message naming every dataset that cannot be had, and both ways to provide them."""
     lines = [f"cannot get {len(missing)} dataset(s) ({reason}):"]
     for dataset in missing:
-        lines.append(f"  - {dataset.name}: Hugging Face Hub {dataset.hub_name}; or in a mirror: "
-                     f"${MIRROR_ENV}/{' or '.join(dataset.mirror)}")
+        others = f" (or {len(dataset.mirror) - 1} other names)" if len(dataset.mirror) > 1 else ""
+        where = f"${MIRROR_ENV}/{dataset.mirror[0]}{others}" if dataset.mirror else "no mirror layout known"
+        lines.append(f"  - {dataset.name}: Hugging Face Hub {dataset.hub_name}; or in a mirror: {where}")
     lines.append(f"Fix: connect to the internet once (the Hugging Face cache keeps them for offline reruns), or set "
                  f"{MIRROR_ENV}=/path/to/mirror holding those files.")
     return "\n".join(lines)
 
 
-def check_available(needed: Sequence[PublicDataset]) -> None:
-    """Fail in seconds, before any work, naming each dataset that neither the mirror nor the hub can serve."""
-    root = mirror_root()
+def check_available(needed: Sequence[PublicDataset], root: Path | None = None) -> None:
+    """Fail in seconds, before any work, naming each dataset that neither the folder `root` (default: the mirror)
+    nor the hub (or its cache) can serve."""
+    root = root or mirror_root()
     if root is not None:
         missing = [d for d in needed if not mirror_matches(d, root)]
-        reason = f"not in the mirror {MIRROR_ENV}={root}"
+        reason = f"not under {root}"
     else:
         reason = hub_unavailable_reason()
         missing = [] if reason is None else [d for d in needed if not in_hub_cache(d)]

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import DataError
-from utils.eval_tasks import hub_unavailable_reason
+from utils.hub import PublicDataset, load_hub_split, mirror_matches, mirror_root
 from utils.templates import ROLES, Message, PromptTemplate
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,16 @@ IGNORE_INDEX = -100
 class HubDataset:
     split: str
     subset: str | None = None
+    mirror: tuple[str, ...] = ()  # where a LUMI_DATA_DIR mirror keeps it, in the release's own format
 
 
 # Hub ids the stages know; any other id is loaded with split "train" and its format detected like a file's.
-SFT_HUB_DATASETS = {"tatsu-lab/alpaca": HubDataset("train"), "OpenAssistant/oasst1": HubDataset("train"),
-                    "databricks/databricks-dolly-15k": HubDataset("train")}
-DPO_HUB_DATASETS = {"Anthropic/hh-rlhf": HubDataset("train"),
-                    "HuggingFaceH4/ultrafeedback_binarized": HubDataset("train_prefs")}
+SFT_HUB_DATASETS = {"tatsu-lab/alpaca": HubDataset("train", mirror=("alpaca/*.json",)),
+                    "OpenAssistant/oasst1": HubDataset("train", mirror=("oasst1/*.jsonl.gz", "oasst1/*.jsonl")),
+                    "databricks/databricks-dolly-15k": HubDataset("train", mirror=("dolly/*.jsonl",))}
+DPO_HUB_DATASETS = {"Anthropic/hh-rlhf": HubDataset("train", mirror=("hh-rlhf/*/*.jsonl.gz",)),
+                    "HuggingFaceH4/ultrafeedback_binarized": HubDataset(
+                        "train_prefs", mirror=("ultrafeedback_binarized/*.jsonl", "ultrafeedback_binarized/*.parquet"))}
 
 
 @dataclass(frozen=True)
@@ -127,18 +130,27 @@ def _data_files(path: Path) -> list[Path]:
     return files
 
 
-def _load_hub(dataset_id: str, hub: HubDataset) -> list[dict[str, Any]]:
-    reason = hub_unavailable_reason()
-    if reason is None:
-        import datasets
+def public_dataset(dataset_id: str, hub: HubDataset) -> PublicDataset:
+    return PublicDataset(dataset_id, dataset_id, hub.subset, hub.split, hub.mirror)
 
+
+def _load_hub(dataset_id: str, hub: HubDataset) -> list[dict[str, Any]]:
+    """Rows of a hub dataset, or of its copy in the LUMI_DATA_DIR mirror when that is set."""
+    dataset = public_dataset(dataset_id, hub)
+    root = mirror_root()
+    if root is None:
         try:
-            return list(datasets.load_dataset(dataset_id, hub.subset, split=hub.split))
-        except (ConnectionError, OSError, ValueError) as exc:  # what datasets raises when the Hub fails
-            reason = f"{type(exc).__name__}: {exc}"
-    raise DataError(f"cannot load the Hugging Face dataset '{dataset_id}' (split {hub.split}): {reason}. Without "
-                    f"network, download its files elsewhere and pass a local file with --dataset_path "
-                    f"(.json list, .jsonl or .jsonl.gz).")
+            return list(load_hub_split(dataset))
+        except DataError as exc:
+            raise DataError(f"{exc}\nOr pass a local file with --dataset_path (.json list, .jsonl or .jsonl.gz).") \
+                from exc
+    files = mirror_matches(dataset, root)
+    if not files:
+        where = " or ".join(hub.mirror) or "(no mirror layout is known for this id: pass a local --dataset_path)"
+        raise DataError(f"{dataset_id} is not in the mirror LUMI_DATA_DIR={root}: expected {where}. Add it there, "
+                        f"or unset LUMI_DATA_DIR to download it from the Hugging Face Hub.")
+    log.info("%s: reading the mirror copy (%s)", dataset_id, ", ".join(str(f) for f in files))
+    return [r for file in files for r in _read_file(file)]
 
 
 def _looks_like_hub_id(source: str) -> bool:
