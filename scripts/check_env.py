@@ -25,6 +25,8 @@ def main() -> int:
         ("GPU", f"{env['gpu']} x{env['gpu_count']}" if env["gpu"] else "none"),
         ("CPU threads", env["cpu_threads"]),
         ("bf16", "supported" if env["bf16_supported"] else "not supported (fp16 with grad scaler)"),
+        *([] if env["cuda_available"] else [("CPU bf16 hardware", "yes: training uses bf16" if env["cpu_bf16_native"]
+                                             else "no (emulated, ~40x slower): training uses fp32")]),
         ("flash-attn", "installed" if env["flash_attn_installed"] else "not installed (make install-flash-attn)"),
         ("Attention used for training", env["attention_implementation"]),
     ]
