@@ -14,11 +14,14 @@ ARGS        ?=
 DATA        ?= data/processed/demo_tiny
 BATCH_SIZE  ?=
 LEARNING_RATE ?=
+# Datasets come from the Hugging Face Hub by id (cached after the first download). LUMI_DATA_DIR=/path points every
+# stage at a local mirror instead (one subfolder per dataset, original formats; README "Data without the hub").
+export LUMI_DATA_DIR
 TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)) \
                $(if $(LEARNING_RATE),--learning_rate $(LEARNING_RATE)) $(ARGS)
 
 .PHONY: help install install-extra check-env install-flash-attn test test-fast \
-        prepare prepare-demo prepare-wt2 prepare-wt103 prepare-wiki prepare-owt prepare-prose \
+        prepare prepare-demo prepare-tinystories prepare-fineweb prepare-wt2 prepare-wt103 prepare-wiki prepare-owt prepare-prose \
         pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny sft dpo \
         evaluate evaluate-quick evaluate-detailed assess-performance compare-lm-eval \
         session-quick session-prototype session-experiment session-evaluation session-debug session-architecture \
@@ -52,7 +55,7 @@ install-flash-attn: $(STAMP) ## Try the optional flash-attn build (CUDA only; ma
 	MAX_JOBS=$${MAX_JOBS:-4} $(PY) -m pip install flash-attn --no-build-isolation || \
 		{ echo "flash-attn did not install: training will use sdpa. See README 'Troubleshooting'."; exit 1; }
 
-test: $(STAMP) ## Run the whole test suite (<10 min on 2 CPU cores; no network)
+test: $(STAMP) ## Run the whole test suite (<10 min on 2 CPU cores; no network; LUMI_DATA_DIR=<test data> for all)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-fast: $(STAMP) ## Run the tests not marked slow
@@ -65,7 +68,13 @@ prepare: $(STAMP) ## Prepare a dataset: make prepare CONFIG=config/datasets/<nam
 prepare-demo: $(STAMP) ## Embedded demo corpus -> data/processed/demo_tiny (offline, ~10 s CPU)
 	$(PY) scripts/01_prepare_data.py --config_path config/datasets/demo_tiny.json $(ARGS)
 
-prepare-prose: $(STAMP) ## 26 public-domain novels from ../shared/data/prose (local files, ~30 s CPU)
+prepare-tinystories: $(STAMP) ## TinyStories (2.1M stories, ~1.9 GB) from the hub -> data/processed/tinystories
+	$(PY) scripts/01_prepare_data.py --config_path config/datasets/tinystories.json $(ARGS)
+
+prepare-fineweb: $(STAMP) ## FineWeb-Edu sample-10BT, first file (~2.1 GB, ~0.7B tokens) from the hub
+	$(PY) scripts/01_prepare_data.py --config_path config/datasets/fineweb_edu.json $(ARGS)
+
+prepare-prose: $(STAMP) ## Local-files example: novels under $LUMI_DATA_DIR/prose/british-fiction (~30 s CPU)
 	$(PY) scripts/01_prepare_data.py --config_path config/datasets/british_fiction.json $(ARGS)
 
 prepare-wt2: $(STAMP) ## WikiText-2 raw from the Hugging Face hub (network)
@@ -108,11 +117,11 @@ dpo: $(STAMP) ## DPO (LoRA) of DPO_MODEL on DPO_DATASET -> checkpoints/dpo/RUN_N
 	$(PY) scripts/04_dpo.py --config_path config/dpo.json --model_path $(DPO_MODEL) --dataset_path $(DPO_DATASET) \
 		--output_dir checkpoints/dpo --run_name $(RUN_NAME) $(ARGS)
 
-# --- Stage 05: evaluation (MODEL=<model dir> EVAL_DATA=<local data dir>) ------------------------------------
+# --- Stage 05: evaluation (MODEL=<model dir>; data from the hub, the LUMI_DATA_DIR mirror, or EVAL_DATA=<dir>) -----
 MODEL       ?= checkpoints/pretrain/tiny/final
-EVAL_DATA   ?= ../shared/data
+EVAL_DATA   ?=
 RESULTS     ?= $(lastword $(sort $(wildcard evaluation_results/*/results.json)))
-EVAL_FLAGS   = --model_path $(MODEL) $(if $(wildcard $(EVAL_DATA)),--data_dir $(EVAL_DATA)) $(ARGS)
+EVAL_FLAGS   = --model_path $(MODEL) $(if $(EVAL_DATA),--data_dir $(EVAL_DATA)) $(ARGS)
 
 evaluate: $(STAMP) ## Evaluate MODEL: WikiText-2, HellaSwag, ARC-E/C, BoolQ, demo MC, smoke prompts
 	$(PY) scripts/05_evaluate.py $(EVAL_FLAGS)
@@ -127,7 +136,7 @@ assess-performance: $(STAMP) ## Verdicts and advice for RESULTS (default: the ne
 	$(PY) evaluation/assess_performance.py $(RESULTS)
 
 compare-lm-eval: $(STAMP) ## Item-by-item agreement with lm-evaluation-harness (needs make install-extra)
-	$(PY) evaluation/compare_lm_eval.py --model_path $(MODEL) --data_dir $(EVAL_DATA) $(ARGS)
+	$(PY) evaluation/compare_lm_eval.py --model_path $(MODEL) $(if $(EVAL_DATA),--data_dir $(EVAL_DATA)) $(ARGS)
 
 # --- Stage 06: serving (MODEL=<model dir> ARGS='<more flags>', e.g. --temperature 0 --template instruct) ----------
 serve: $(STAMP) ## Chat with MODEL in this terminal: streamed answers, /help for commands, Ctrl-C stops an answer
@@ -140,11 +149,11 @@ serve-api: $(STAMP) ## OpenAI-compatible API for MODEL on http://127.0.0.1:8000 
 session-quick: $(STAMP) ## Whole pipeline on the demo corpus, offline: data, pretrain, SFT, DPO, eval, API (<=15 min CPU)
 	$(PY) scripts/session.py quick
 
-session-prototype: $(STAMP) ## 2 h: tiny trained properly on the local prose corpus, then a full evaluation
-	$(PY) scripts/session.py prototype
+session-prototype: $(STAMP) ## 2 h (4090): tiny on TinyStories from the hub, then the benchmarks (ARGS=--short: minutes, CPU)
+	$(PY) scripts/session.py prototype $(ARGS)
 
-session-experiment: $(STAMP) ## 4 h: the small preset on the prose corpus, SFT on Alpaca, evaluation
-	$(PY) scripts/session.py experiment
+session-experiment: $(STAMP) ## 4 h (4090): small on FineWeb-Edu, SFT on Alpaca, DPO on hh-rlhf, benchmarks (ARGS=--short)
+	$(PY) scripts/session.py experiment $(ARGS)
 
 session-evaluation: $(STAMP) ## 1 h: deep evaluation of every final/ and merged/ model under checkpoints/
 	$(PY) scripts/session.py evaluation
@@ -201,7 +210,7 @@ config-rtx4090: $(STAMP) ## Print and write config/rtx4090.json: batch sizes for
 # --- Benchmarks (figures printed; never timed tests) ---------------------------------------------
 bench: bench-data bench-train bench-serve bench-finetune ## Run every benchmark
 
-bench-data: $(STAMP) ## Stage 01 throughput and peak memory on ../shared/data/prose, 1x and 4x (~3 min CPU)
+bench-data: $(STAMP) ## Stage 01 throughput and peak memory on $LUMI_DATA_DIR/prose, 1x and 4x (~3 min CPU)
 	$(PY) scripts/bench_data.py $(ARGS)
 
 bench-train: $(STAMP) ## Stage 02 tokens/s, MFU, memory and checkpoint time vs a plain-PyTorch step (~10 min CPU; ARGS='--quick')

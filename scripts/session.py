@@ -3,6 +3,7 @@
 
     make session-quick          # python scripts/session.py quick
     python scripts/session.py {quick,prototype,experiment,evaluation,architecture,test-pipeline,debug,status,cleanup,config-rtx4090}
+    make session-prototype ARGS=--short   # the same stages on a slice of the same data: minutes on a CPU
 
 Sessions write sessions/<timestamp>-<name>/session.log and report.md; see SESSIONS.md.
 """
@@ -18,9 +19,9 @@ from utils import session_plans  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.errors import LumiError  # noqa: E402
 
-RUNS = {"quick": session_plans.quick, "prototype": session_plans.prototype, "experiment": session_plans.experiment,
-        "evaluation": session_plans.evaluation, "architecture": session_plans.architecture,
-        "test-pipeline": session_plans.test_pipeline}
+SHORT_RUNS = {"prototype": session_plans.prototype, "experiment": session_plans.experiment}
+RUNS = {"quick": session_plans.quick, **SHORT_RUNS, "evaluation": session_plans.evaluation,
+        "architecture": session_plans.architecture, "test-pipeline": session_plans.test_pipeline}
 RTX4090_CONFIG = Path("config/rtx4090.json")
 
 
@@ -31,8 +32,16 @@ class ProblemsFound(LumiError):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=[*RUNS, "debug", "status", "cleanup", "config-rtx4090"])
-    name = parser.parse_args().name
-    if name in RUNS:
+    parser.add_argument("--short", action="store_true",
+                        help=f"{'/'.join(SHORT_RUNS)} only: a minutes-long CPU rehearsal on a slice of the same data")
+    args = parser.parse_args()
+    name = args.name
+    if args.short and name not in SHORT_RUNS:
+        parser.error(f"--short applies to {', '.join(SHORT_RUNS)} only")
+    if name in SHORT_RUNS:
+        session = SHORT_RUNS[name](short=args.short)
+        print((session.directory / "report.md").read_text())
+    elif name in RUNS:
         session = RUNS[name]()
         print((session.directory / "report.md").read_text())
     elif name == "status":

@@ -105,3 +105,13 @@ def fill(hub: FakeHub, mirror: Path) -> FakeHub:
     for repo_id, build in DATASETS.items():
         hub.add_dataset(repo_id, build(mirror))
     return hub
+
+
+def mirror_with_fineweb(mirror: Path, target: Path) -> Path:
+    """A mirror holding every dataset the sessions read: the test data, plus FineWeb-Edu's stand-in parquet file."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in mirror.iterdir():
+        (target / entry.name).symlink_to(entry.resolve())
+    (target / "fineweb-edu").mkdir()
+    (target / "fineweb-edu" / "000_00000.parquet").write_bytes(fineweb_edu(mirror)["sample/10BT/000_00000.parquet"])
+    return target

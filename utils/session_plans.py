@@ -1,8 +1,8 @@
 """The sessions behind `make session-*`: which stages run, with which budgets, and what the report shows.
 
 quick        demo data → tiny pretrain → SFT → DPO → evaluation → one API request (≤ 15 min on 2 CPU cores)
-prototype    a tiny model trained properly on real local data + evaluation (2 h)
-experiment   the small preset + SFT (4 h)
+prototype    tiny on TinyStories (hub or mirror) + the benchmarks (2 h on an RTX 4090; --short: minutes on a CPU)
+experiment   small on FineWeb-Edu + SFT (Alpaca) + DPO (hh-rlhf) + the benchmarks (4 h; --short likewise)
 evaluation   deep evaluation of every final/ and merged/ model found (1 h)
 architecture every preset: exact parameter counts, a forward/backward pass, memory estimates for a 24 GB GPU
 debug        environment, data and checkpoint diagnostics, each problem with its fix
@@ -21,14 +21,18 @@ from typing import Any
 
 from utils.artifacts import read_json
 from utils.checkpoint import COMPLETE, CheckpointError, verify_checkpoint
-from utils.errors import LumiError
+from utils.config import load_config
+from utils.data_prep import DataConfig, hub_dataset
+from utils.errors import DataError, LumiError
+from utils.eval_tasks import task_dataset
+from utils.hub import PublicDataset, check_available
 from utils.memory_estimate import RTX_4090_GB, estimate, max_batch_size
 from utils.model import PRESET_NAMES, count_parameters, load_preset
 from utils.sessions import REPO_ROOT, SESSIONS_DIR, Session, serve_probe
+from utils.sft_data import DPO_HUB_DATASETS, SFT_HUB_DATASETS, public_dataset
 
 PY = sys.executable
 DEMO_DATA = "data/processed/demo_tiny"
-PROSE_CONFIG = "config/datasets/british_fiction.json"
 KEEP_SESSIONS = 10
 ARCH_PROBE_TOKENS = 128
 
@@ -169,38 +173,142 @@ def test_pipeline() -> Session:
     return session
 
 
-def prototype() -> Session:
-    session = Session.start("prototype", budget_s=2 * 3600)
+@dataclass(frozen=True)
+class RealDataBudget:
+    """Sizes of a real-data session: the GPU run it is for, or `--short`, a minutes-long CPU rehearsal of the same
+    stages on a slice of the same data (proves the data, the wiring and the outputs before the hours are spent)."""
+
+    budget_s: int
+    preset: str
+    max_documents: int | None  # None: the dataset config's own cap
+    vocab_size: int | None  # None: the dataset config's
+    pretrain_s: int
+    pretrain_steps: int
+    pretrain_flags: tuple[str, ...]
+    finetune_s: int
+    finetune_flags: tuple[str, ...]
+    eval_flags: tuple[str, ...]
+
+
+# Prototype on an RTX 4090 (SESSIONS.md has the arithmetic): tiny on 1M TinyStories stories (~230M tokens),
+# 80 min of training; max_steps sized so that the cosine reaches its floor near the time limit.
+PROTOTYPE = RealDataBudget(budget_s=2 * 3600, preset="config/tiny.json", max_documents=1_000_000, vocab_size=None, pretrain_s=4800,
+                           pretrain_steps=60_000, pretrain_flags=("--batch_size", "64", "--max_length", "512"),
+                           finetune_s=0, finetune_flags=(), eval_flags=())
+# Experiment on an RTX 4090: small on the first FineWeb-Edu sample-10BT file (~0.7B tokens), 2.5 h of training,
+# then LoRA SFT on Alpaca (30 min), LoRA DPO on hh-rlhf (20 min), the full evaluation.
+EXPERIMENT = RealDataBudget(budget_s=4 * 3600, preset="config/small.json", max_documents=None, vocab_size=None, pretrain_s=9000,
+                            pretrain_steps=24_000, pretrain_flags=(), finetune_s=1800, finetune_flags=(),
+                            eval_flags=())
+SHORT_EVAL = ("--limit", "4", "--fast_mode", "--max_new_tokens", "8", "--batch_size", "4")
+SHORT_FINETUNE = ("--max_steps", "4", "--max_samples", "200", "--gain_eval_size", "8", "--batch_size", "4",
+                  "--eval_steps", "2", "--save_steps", "4", "--logging_steps", "1", "--max_length", "128")
+PROTOTYPE_SHORT = RealDataBudget(budget_s=10 * 60, preset="config/tiny.json", max_documents=600, vocab_size=1024, pretrain_s=120,
+                                 pretrain_steps=20, pretrain_flags=("--batch_size", "8", "--max_length", "128",
+                                                                    "--eval_steps", "10", "--save_steps", "10",
+                                                                    "--warmup_steps", "2", "--eval_batches", "2"),
+                                 finetune_s=0, finetune_flags=(), eval_flags=SHORT_EVAL)
+# The rehearsal trains tiny instead of small: the same stages and data, minutes instead of an hour on 2 CPU cores.
+EXPERIMENT_SHORT = RealDataBudget(budget_s=15 * 60, preset="config/tiny.json", max_documents=200, vocab_size=1024, pretrain_s=120,
+                                  pretrain_steps=6, pretrain_flags=("--batch_size", "2", "--max_length", "128",
+                                                                    "--eval_steps", "3", "--save_steps", "3",
+                                                                    "--warmup_steps", "1", "--eval_batches", "1",
+                                                                    "--gradient_accumulation_steps", "1"),
+                                  finetune_s=120, finetune_flags=SHORT_FINETUNE, eval_flags=SHORT_EVAL)
+PROTOTYPE_DATA = "config/datasets/tinystories.json"
+EXPERIMENT_DATA = "config/datasets/fineweb_edu.json"
+SFT_DATASET = "tatsu-lab/alpaca"
+DPO_DATASET = "Anthropic/hh-rlhf"
+BENCHMARK_TASKS = ("wikitext", "hellaswag", "arc_easy", "arc_challenge", "boolq")
+
+
+def session_datasets(data_config: str | None, tasks: tuple[str, ...], sft: str | None = None,
+                     dpo: str | None = None) -> list[PublicDataset]:
+    """Every public dataset a session reads, for the check before its first stage."""
+    needed = []
+    if data_config:
+        config = load_config(DataConfig, REPO_ROOT / data_config)
+        needed.append(hub_dataset(config))
+    needed += [d for d in (task_dataset(t) for t in tasks) if d is not None]
+    if sft:
+        needed.append(public_dataset(sft, SFT_HUB_DATASETS[sft]))
+    if dpo:
+        needed.append(public_dataset(dpo, DPO_HUB_DATASETS[dpo]))
+    return needed
+
+
+def _check_data(session: Session, needed: list[PublicDataset]) -> None:
+    """Seconds, not hours, to learn that a dataset cannot be had: one message naming each one and both fixes."""
+    start = time.perf_counter()
+    try:
+        check_available(needed)
+    except DataError as exc:
+        session.record("check data", time.perf_counter() - start, "failed")
+        session.write_report(failed="check data")
+        raise DataError(f"session {session.name}: {exc}") from exc
+    session.record("check data", time.perf_counter() - start)
+
+
+def _prepare(session: Session, data_config: str, budget: RealDataBudget, name: str) -> str:
+    flags = [*(["--max_documents", str(budget.max_documents)] if budget.max_documents else []),
+             *(["--vocab_size", str(budget.vocab_size)] if budget.vocab_size else [])]
+    session.run("data", [PY, "scripts/01_prepare_data.py", "--config_path", data_config, "--name", name, *flags])
+    return f"data/processed/{name}"
+
+
+def _pretrain(session: Session, data: str, run_dir: str, budget: RealDataBudget) -> None:
+    session.run("pretrain", [PY, "scripts/02_pretrain.py", "--config", budget.preset, "--data_path", data,
+                             "--output_dir", run_dir, "--max_time", str(budget.pretrain_s),
+                             "--max_steps", str(budget.pretrain_steps), "--eval_hellaswag_steps", "0",
+                             *budget.pretrain_flags])
+
+
+def _evaluate(session: Session, model: str, tag: str, budget: RealDataBudget) -> None:
+    session.run("evaluate", [PY, "scripts/05_evaluate.py", "--model_path", model, "--run_name", tag,
+                             "--tasks", *BENCHMARK_TASKS, "smoke", *budget.eval_flags])
+
+
+def prototype(short: bool = False) -> Session:
+    """Tiny on TinyStories from the hub (or the mirror), then the benchmarks."""
+    budget = PROTOTYPE_SHORT if short else PROTOTYPE
+    session = Session.start("prototype-short" if short else "prototype", budget_s=budget.budget_s)
+    _check_data(session, session_datasets(PROTOTYPE_DATA, BENCHMARK_TASKS))
     tag = session.directory.name
     run_dir = f"checkpoints/pretrain/{tag}"
-    session.run("data", [PY, "scripts/01_prepare_data.py", "--config_path", PROSE_CONFIG])
-    session.run("pretrain", [PY, "scripts/02_pretrain.py", "--config", "config/tiny.json", "--data_path",
-                             "data/processed/british_fiction", "--output_dir", run_dir, "--max_time", "5400",
-                             "--max_steps", "100000", "--eval_hellaswag_steps", "0"])
-    session.run("evaluate", [PY, "scripts/05_evaluate.py", "--model_path", f"{run_dir}/final", "--data_dir",
-                             "../shared/data", "--run_name", tag, "--tasks", "wikitext", "hellaswag", "arc_easy",
-                             "arc_challenge", "boolq", "smoke"])
-    session.outputs.update({"model": f"{run_dir}/final", "evaluation": f"evaluation_results/{tag}/report.md"})
+    data = _prepare(session, PROTOTYPE_DATA, budget, "tinystories_short" if short else "tinystories")
+    _pretrain(session, data, run_dir, budget)
+    _evaluate(session, f"{run_dir}/final", tag, budget)
+    session.outputs.update({"dataset": data, "model": f"{run_dir}/final", "loss curve": f"{run_dir}/loss.png",
+                            "evaluation": f"evaluation_results/{tag}/report.md"})
     session.write_report(next_command=f"make serve MODEL={run_dir}/final")
     return session
 
 
-def experiment() -> Session:
-    session = Session.start("experiment", budget_s=4 * 3600)
+def experiment(short: bool = False) -> Session:
+    """Small on a FineWeb-Edu sample, LoRA SFT on Alpaca, LoRA DPO on hh-rlhf, the benchmarks."""
+    budget = EXPERIMENT_SHORT if short else EXPERIMENT
+    session = Session.start("experiment-short" if short else "experiment", budget_s=budget.budget_s)
+    _check_data(session, session_datasets(EXPERIMENT_DATA, BENCHMARK_TASKS, SFT_DATASET, DPO_DATASET))
     tag = session.directory.name
     run_dir = f"checkpoints/pretrain/{tag}"
-    session.run("data", [PY, "scripts/01_prepare_data.py", "--config_path", PROSE_CONFIG])
-    session.run("pretrain", [PY, "scripts/02_pretrain.py", "--config", "config/small.json", "--data_path",
-                             "data/processed/british_fiction", "--output_dir", run_dir, "--max_time", "11400"])
-    session.run("sft", [PY, "scripts/03_sft.py", "--config_path", "config/sft.json", "--no_full",
-                        "--model_path", f"{run_dir}/final", "--dataset_path",
-                        "../shared/data/alpaca/alpaca_data_5000.json", "--prompt_template", "chatml",
-                        "--output_dir", "checkpoints/sft", "--run_name", tag, "--max_time", "1800"])
-    session.run("evaluate", [PY, "scripts/05_evaluate.py", "--model_path", f"checkpoints/sft/{tag}/merged",
-                             "--data_dir", "../shared/data", "--run_name", tag])
-    session.outputs.update({"model": f"checkpoints/sft/{tag}/merged",
-                            "evaluation": f"evaluation_results/{tag}/report.md"})
-    session.write_report(next_command=f"make serve MODEL=checkpoints/sft/{tag}/merged")
+    data = _prepare(session, EXPERIMENT_DATA, budget, "fineweb_edu_short" if short else "fineweb_edu")
+    _pretrain(session, data, run_dir, budget)
+    session.run("sft", [PY, "scripts/03_sft.py", "--config_path", "config/sft_alpaca.json",
+                        "--model_path", f"{run_dir}/final", "--dataset_path", SFT_DATASET,
+                        "--output_dir", "checkpoints/sft", "--run_name", tag, "--max_time", str(budget.finetune_s),
+                        *budget.finetune_flags])
+    session.run("dpo", [PY, "scripts/04_dpo.py", "--config_path", "config/dpo_hh_rlhf.json",
+                        "--model_path", f"checkpoints/sft/{tag}/merged", "--dataset_path", DPO_DATASET,
+                        "--output_dir", "checkpoints/dpo", "--run_name", tag,
+                        "--max_time", str(budget.finetune_s * 2 // 3), *budget.finetune_flags])
+    final = f"checkpoints/dpo/{tag}/merged"
+    _evaluate(session, final, tag, budget)
+    session.figures.update({"SFT gain": _gain(REPO_ROOT / f"checkpoints/sft/{tag}/merged/meta.json"),
+                            "DPO preference accuracy before → after":
+                                _gain(REPO_ROOT / f"checkpoints/dpo/{tag}/merged/meta.json")})
+    session.outputs.update({"dataset": data, "pretrained": f"{run_dir}/final", "SFT": f"checkpoints/sft/{tag}/merged",
+                            "DPO": final, "evaluation": f"evaluation_results/{tag}/report.md"})
+    session.write_report(next_command=f"make serve MODEL={final}")
     return session
 
 
@@ -213,15 +321,15 @@ def model_directories() -> list[Path]:
 
 def evaluation() -> Session:
     session = Session.start("evaluation", budget_s=3600)
+    _check_data(session, session_datasets(None, BENCHMARK_TASKS))
     models = model_directories()
     if not models:
         session.write_report(next_command="make session-quick")
         raise CheckpointError("no final/ or merged/ model under checkpoints/: train one first (make session-quick)")
     for model in models:
         name = "-".join(model.relative_to(REPO_ROOT).parts[1:3])
-        session.run(f"evaluate {name}", [PY, "scripts/05_evaluate.py", "--model_path", str(model), "--data_dir",
-                                         "../shared/data", "--run_name", f"{session.directory.name}-{name}",
-                                         "--detailed_output"])
+        session.run(f"evaluate {name}", [PY, "scripts/05_evaluate.py", "--model_path", str(model),
+                                         "--run_name", f"{session.directory.name}-{name}", "--detailed_output"])
         session.outputs[name] = f"evaluation_results/{session.directory.name}-{name}/report.md"
     session.write_report(next_command="make assess-performance")
     return session
