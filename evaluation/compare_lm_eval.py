@@ -2,7 +2,8 @@
 """Compare our scorer with lm-evaluation-harness item by item, on the same local files and the same model.
 
     make install-extra          # lm-eval==0.4.13, once
-    python evaluation/compare_lm_eval.py --model_path checkpoints/pretrain/tiny/final --data_dir ../shared/data
+    python evaluation/compare_lm_eval.py --model_path checkpoints/pretrain/tiny/final --data_dir <mirror>
+    LUMI_DATA_DIR=<mirror> make compare-lm-eval MODEL=<dir>
     python evaluation/compare_lm_eval.py --model_path <dir> --tasks arc_easy boolq --limit 200
 
 Pass criteria (the issue's): predictions agree on >= 99 % of items and accuracies differ by <= 0.5 points.
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.cli import run_main  # noqa: E402
 from utils.errors import LumiError  # noqa: E402
+from utils.hub import mirror_root  # noqa: E402
 from utils.lm_eval_compare import compare  # noqa: E402
 from utils.model_io import load_model  # noqa: E402
 
@@ -34,14 +36,18 @@ class AgreementMissed(LumiError):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", type=Path, required=True)
-    parser.add_argument("--data_dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--data_dir", type=Path, default=None,
+                        help="local copies of the task files (default: the LUMI_DATA_DIR mirror)")
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
+    data_dir = args.data_dir or mirror_root()
+    if data_dir is None:
+        parser.error("lm-eval reads local task files here: pass --data_dir DIR or set LUMI_DATA_DIR")
     loaded = load_model(args.model_path)
-    report = compare(loaded.model, loaded.tokenizer, args.data_dir, args.tasks, args.limit, args.batch_size)
+    report = compare(loaded.model, loaded.tokenizer, data_dir, args.tasks, args.limit, args.batch_size)
     print(f"{'task':<14} {'items':>6} {'agree':>7} {'agree_norm':>10} {'acc ours':>9} {'acc lm-eval':>11} "
           f"{'norm ours':>9} {'norm lm-eval':>12} {'max |dll|':>10}")
     failed = []

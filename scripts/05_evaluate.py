@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Stage 05: evaluate a model directory (pretrain final/, merged SFT/DPO model, or a PEFT adapter directory).
 
-    python scripts/05_evaluate.py --model_path checkpoints/pretrain/tiny/final --data_dir ../shared/data
+    LUMI_DATA_DIR=/path/to/mirror python scripts/05_evaluate.py --model_path checkpoints/pretrain/tiny/final
     python scripts/05_evaluate.py --model_path <dir> --tasks hellaswag arc_easy --limit 200 --batch_size 32
     python scripts/05_evaluate.py --model_path <dir> --fast_mode            # 200 items per task + quick prompts
     python scripts/05_evaluate.py --model_path <dir> --tasks smoke --custom_prompts my_prompts.json --detailed_output
 
 Scored as lm-evaluation-harness 0.4.13 scores them (zero-shot log-likelihood; acc and acc_norm with stderr).
-Without network, pass --data_dir (a folder laid out like ../shared/data) or one --<task>_path per task.
+The benchmark sets come from the Hugging Face hub (cached after the first run). Without network, set LUMI_DATA_DIR
+or pass --data_dir (a local mirror: one subfolder per dataset, original formats) or one --<task>_path per task.
 Writes evaluation_results/<run>/: results.json, <task>.jsonl, smoke.jsonl, report.md.
 """
 
@@ -21,7 +22,7 @@ from utils.evaluate import EvalConfig, evaluate_model  # noqa: E402
 
 HELP = {
     "tasks": "any of wikitext hellaswag arc_easy arc_challenge boolq demo_mc smoke",
-    "data_dir": "local copies in their original formats (e.g. ../shared/data); otherwise the Hugging Face hub",
+    "data_dir": "local mirror folder (one subfolder per dataset, original formats); default: $LUMI_DATA_DIR, else the hub",
     "limit": "the first N items of each task (lm-eval's --limit)",
     "batch_size": "sequences per forward pass when scoring; lower it if you run out of memory",
     "fast_mode": "200 items per task and the five quick prompts",

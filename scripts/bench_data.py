@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""Benchmark stage 01 (data preparation) on the prose corpus in ../shared/data/prose: ~3 min on 2 CPU cores.
+"""Benchmark stage 01 (data preparation) on the prose corpus of the LUMI_DATA_DIR mirror
+(prose/british-fiction and tinystories/): ~3 min on 2 CPU cores.
 
-    make bench-data
+    LUMI_DATA_DIR=/path/to/mirror make bench-data
     make bench-data ARGS='--copies 8 --json bench_data.json'
     python scripts/bench_data.py --output_dir /tmp/bench --vocab_size 8192
 
 Runs the stage on the corpus once and --copies times over (each run in a fresh process, for its peak memory),
 reports documents/s and MB/s per stage and end to end, and times MinHash signatures on short documents.
 Targets: MinHash >= 30,000 short docs/s; end to end >= 1 MB/s excluding tokenizer training; peak memory of the
-Nx input <= 1.5x that of the 1x input. Exit code: 0 all targets met, 3 a target missed, 1 missing ../shared or a
+Nx input <= 1.5x that of the 1x input. Exit code: 0 all targets met, 3 a target missed, 1 missing mirror data or a
 failed run, 2 bad arguments.
 """
 

@@ -201,3 +201,20 @@ def test_max_time_stops_cleanly_and_still_exports(root: Path, tmp_path: Path) ->
     run = run_sft(sft_config(root, tmp_path, max_steps=50, max_time=0.0, gain_eval_size=0, validation_split=0.0))
     meta = json.loads((run / "meta.json").read_text())
     assert meta["stop_reason"] == "max_time" and meta["steps"] == 1 and (run / "merged" / "config.json").is_file()
+
+
+def test_data_without_short_answers_measures_the_held_out_response_loss(root: Path, tmp_path: Path) -> None:
+    """Alpaca-style items carry no gold answer span: the gain is the held-out response-token loss, which training
+    on the same distribution lowers, and the held-out items are drawn out of the training data."""
+    rows = [{"instruction": f"Repeat the word number {i % 7}.", "input": "", "output": f"word {i % 7} word {i % 7}"}
+            for i in range(60)]
+    (tmp_path / "alpaca.json").write_text(json.dumps(rows))
+    run = run_sft(sft_config(root, tmp_path, run_name="alpaca", dataset_path=str(tmp_path / "alpaca.json"),
+                             full=True, max_steps=12, learning_rate=3e-3, gain_eval_size=8))
+    meta = json.loads((run / "meta.json").read_text())
+    gain = meta["gain"]
+    assert gain["metric"] == "response_loss" and gain["n"] == 8
+    assert gain["after"] < gain["before"] - 0.5  # nats per response token
+    assert meta["data"]["held_out_source"].startswith("seeded draw") and meta["data"]["train"] <= 60 - 8
+    items = read_jsonl(run / "gain.jsonl")
+    assert all(item["before"]["response_tokens"] > 0 for item in items)

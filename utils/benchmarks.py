@@ -3,7 +3,7 @@
 Shared helpers (targets, tables, machine description) come first; each benchmark then has its own section
 whose public names share a prefix:
 
-  data_*  stage 01 on the prose corpus in ../shared/data/prose, at 1x and Nx size (throughput per stage, end to
+  data_*  stage 01 on the prose corpus of the LUMI_DATA_DIR mirror, at 1x and Nx size (throughput per stage, end to
           end, peak memory of a fresh process), plus a MinHash microbenchmark on short documents.
   train_* stage 02: tokens/s and MFU of our training step for tiny, small and base, eager and compiled, beside a
           plain-PyTorch reference step of the same shape; peak memory; checkpoint save time; GPU rows under CUDA.
@@ -45,12 +45,12 @@ from utils.config import load_config
 from utils.data_prep import DataConfig, prepare_dataset
 from utils.dedup import SCHEME, MinHasher, shingles
 from utils.errors import DataError, LumiError
+from utils.hub import mirror_root
 from utils.model import ModelConfig, count_parameters, load_preset
 from utils.sources import resolve_input_files
 
 log = logging.getLogger(__name__)
 
-SHARED_DIR = REPO_ROOT.parent / "shared"
 KIB_PER_MIB = 1024
 FIGURE_INTEGER_FROM = 1000
 MB = 1e6
@@ -174,14 +174,17 @@ class DataBenchResult:
     checks: list[TargetCheck]
 
 
-def data_shared_dir(shared_dir: Path = SHARED_DIR) -> Path:
-    """The shared data folder, or a DataError naming what is missing."""
-    needed = [shared_dir / DATA_PROSE_SUBDIR, shared_dir / DATA_TINYSTORIES_FILE]
+def data_mirror_dir(mirror: Path | None = None) -> Path:
+    """The mirror folder holding the benchmark's corpora, or a DataError naming what is missing."""
+    mirror = mirror or mirror_root()
+    if mirror is None:
+        raise DataError(f"the data benchmark reads local corpora: set LUMI_DATA_DIR to a mirror holding "
+                        f"{DATA_PROSE_SUBDIR} and {DATA_TINYSTORIES_FILE}")
+    needed = [mirror / DATA_PROSE_SUBDIR, mirror / DATA_TINYSTORIES_FILE]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        raise DataError(f"the data benchmark needs ../shared beside the repository ({shared_dir}); missing: "
-                        f"{', '.join(missing)}. Check out the shared data folder next to the repo and rerun.")
-    return shared_dir
+        raise DataError(f"the data benchmark needs {', '.join(missing)} in the mirror LUMI_DATA_DIR={mirror}")
+    return mirror
 
 
 def data_stage_config(name: str, input_path: str, output_dir: Path, vocab_size: int) -> DataConfig:
@@ -308,9 +311,9 @@ def data_datasketch_rate(label: str, docs: list[str]) -> tuple[DataMinHashRate, 
     return DataMinHashRate(label, len(docs), sum(map(len, docs)) / len(docs), [rate]), np.array_equal(theirs, ours)
 
 
-def _data_minhash(shared_dir: Path) -> tuple[list[DataMinHashRate], bool]:
-    short = data_short_docs(shared_dir / DATA_TINYSTORIES_FILE)
-    prose = data_prose_docs(shared_dir / DATA_PROSE_SUBDIR / DATA_MINHASH_BOOK)
+def _data_minhash(mirror: Path) -> tuple[list[DataMinHashRate], bool]:
+    short = data_short_docs(mirror / DATA_TINYSTORIES_FILE)
+    prose = data_prose_docs(mirror / DATA_PROSE_SUBDIR / DATA_MINHASH_BOOK)
     reference, identical = data_datasketch_rate("datasketch MinHash.bulk, TinyStories lines",
                                                 short[:DATA_DATASKETCH_DOCS])
     rates = [data_minhash_rate("MinHasher, TinyStories lines", short),
@@ -330,11 +333,11 @@ def _data_checks(minhash: DataMinHashRate, runs: Sequence[DataStageRun], memory_
     return checks
 
 
-def data_run_benchmark(work_dir: Path, vocab_size: int, copies: int, shared_dir: Path = SHARED_DIR) -> DataBenchResult:
+def data_run_benchmark(work_dir: Path, vocab_size: int, copies: int, mirror: Path | None = None) -> DataBenchResult:
     """MinHash microbenchmark, then stage 01 on the prose corpus once and `copies` times over, each in a new process."""
-    shared_dir = data_shared_dir(shared_dir)
-    corpus_dir = shared_dir / DATA_PROSE_SUBDIR
-    minhash, identical = _data_minhash(shared_dir)
+    mirror = data_mirror_dir(mirror)
+    corpus_dir = mirror / DATA_PROSE_SUBDIR
+    minhash, identical = _data_minhash(mirror)
     corpus_glob = str(corpus_dir / "*.txt")
     copies_dir = data_build_copies(resolve_input_files(corpus_glob), work_dir / f"input_{copies}x", copies)
     runs = []

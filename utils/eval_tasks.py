@@ -6,7 +6,7 @@ WITHOUT that space, as lm-eval's `doc_to_choice` returns them (acc_norm divides 
 
 * hellaswag (validation; lm-eval `tasks/hellaswag/utils.py`): query = preprocess(activity_label + ": " + ctx_a +
   " " + ctx_b.capitalize()), choices = [preprocess(e) for e in endings], gold = int(label). Rows without
-  ctx_a/ctx_b (the klosax re-export in the test data mirror) are rebuilt by `_split_ctx`; see there for what that recovers.
+  ctx_a/ctx_b (the klosax re-export) are rebuilt by `_split_ctx`; see there for what that recovers.
   That export also stripped the leading space lm-eval leaves on a WikiHow ending that starts with a marker
   ("[step] Foo" -> " Foo"), which cannot be restored; its first 1000 items are all ActivityNet, so unaffected.
 * arc_easy / arc_challenge (test; `tasks/arc/arc_easy.yaml`): "Question: {question}\\nAnswer:", choices =

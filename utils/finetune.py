@@ -585,18 +585,25 @@ def _measure(spec: StageSpec, model: Any, loaded: TrainingModel, template: Promp
     start = time.perf_counter()
     result = spec.measure(model, loaded.tokenizer, template, data.held_out, config)
     result.seconds = time.perf_counter() - start
-    shown = ", ".join(f"{k} {100 * v:.1f}%" for k, v in result.scores.items())
+    shown = ", ".join(f"{k} {format_score(k, v)}" for k, v in result.scores.items())
     log.info("%s %s: %s on %d held-out items (%.1f s)", when, spec.name.upper(), shown, len(result.records),
              result.seconds)
     return result
 
 
+def format_score(name: str, value: float) -> str:
+    """Losses in nats, rates (accuracies, matches) in percent."""
+    return f"{value:.3f} nats" if name.endswith("loss") else f"{100 * value:.1f}%"
+
+
 def gain_record(spec: StageSpec, before: Measurement | None, after: Measurement | None) -> dict[str, Any] | None:
+    """The stage's metric (or, where the held-out items cannot give it, the first one measured) before and after."""
     if before is None or after is None:
         return None
-    extra = {k: {"before": before.scores[k], "after": after.scores[k]} for k in before.scores if k != spec.gain_metric}
-    return {"metric": spec.gain_metric, "before": before.scores[spec.gain_metric],
-            "after": after.scores[spec.gain_metric], "n": len(before.records), "rule": spec.gain_rule, **extra}
+    metric = spec.gain_metric if spec.gain_metric in before.scores else next(iter(before.scores))
+    extra = {k: {"before": before.scores[k], "after": after.scores[k]} for k in before.scores if k != metric}
+    return {"metric": metric, "before": before.scores[metric], "after": after.scores[metric],
+            "n": len(before.records), "rule": spec.gain_rule, **extra}
 
 
 def _write_gain_items(path: Path, before: Measurement, after: Measurement) -> None:
@@ -652,8 +659,8 @@ def run_finetune(spec: StageSpec, config: FinetuneConfig) -> Path:
 def _summarize(spec: StageSpec, run_dir: Path, meta: dict[str, Any], timing: dict[str, Any]) -> None:
     gain = meta["gain"]
     if gain is not None:
-        log.info("%s %s on %d held-out items: before %.1f%%, after %.1f%%", spec.name.upper(), gain["metric"],
-                 gain["n"], 100 * gain["before"], 100 * gain["after"])
+        log.info("%s %s on %d held-out items: before %s, after %s", spec.name.upper(), gain["metric"], gain["n"],
+                 format_score(gain["metric"], gain["before"]), format_score(gain["metric"], gain["after"]))
     else:
         log.info("no usable held-out items: the %s gain was not measured", spec.name.upper())
     log.info("trained %d steps in %.0f s (stage: %.0f s wall, %.0f s CPU); stop: %s", meta["steps"],

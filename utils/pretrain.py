@@ -154,7 +154,8 @@ def _make_mc_benchmark(config: PretrainConfig, info: DatasetInfo) -> Callable[[A
     path = Path(config.eval_hellaswag_path) if config.eval_hellaswag_path else info.path / "demo" / "mc_validation.jsonl"
     if not path.is_file():
         raise ConfigError(f"--eval_hellaswag_steps needs a HellaSwag-format file: {path} does not exist; pass "
-                          f"--eval_hellaswag_path (e.g. ../shared/data/hellaswag/hellaswag_val.preproc.first1000.jsonl)")
+                          f"--eval_hellaswag_path (a HellaSwag-format .jsonl, e.g. from the Rowan/hellaswag "
+                          f"validation split)")
     items = load_task("hellaswag", path, config.eval_hellaswag_limit)
     tokenizer = AutoTokenizer.from_pretrained(info.tokenizer_dir)
 

@@ -74,7 +74,10 @@ def _gain(meta_path: Path) -> str:
     gain = read_json(meta_path).get("gain") if meta_path.is_file() else None
     if not gain:
         return "n/a"
-    return f"{100 * gain['before']:.1f}% → {100 * gain['after']:.1f}% (n={gain['n']})"
+    from utils.finetune import format_score  # torch and transformers: not on the session's start-up path
+
+    before, after = format_score(gain["metric"], gain["before"]), format_score(gain["metric"], gain["after"])
+    return f"{gain['metric']} {before} → {after} (n={gain['n']})"
 
 
 def quick() -> Session:
@@ -191,30 +194,31 @@ class RealDataBudget:
 
 
 # Prototype on an RTX 4090 (SESSIONS.md has the arithmetic): tiny on 1M TinyStories stories (~230M tokens),
-# 80 min of training; max_steps sized so that the cosine reaches its floor near the time limit.
-PROTOTYPE = RealDataBudget(budget_s=2 * 3600, preset="config/tiny.json", max_documents=1_000_000, vocab_size=None, pretrain_s=4800,
-                           pretrain_steps=60_000, pretrain_flags=("--batch_size", "64", "--max_length", "512"),
-                           finetune_s=0, finetune_flags=(), eval_flags=())
-# Experiment on an RTX 4090: small on the first FineWeb-Edu sample-10BT file (~0.7B tokens), 2.5 h of training,
-# then LoRA SFT on Alpaca (30 min), LoRA DPO on hh-rlhf (20 min), the full evaluation.
-EXPERIMENT = RealDataBudget(budget_s=4 * 3600, preset="config/small.json", max_documents=None, vocab_size=None, pretrain_s=9000,
-                            pretrain_steps=24_000, pretrain_flags=(), finetune_s=1800, finetune_flags=(),
-                            eval_flags=())
+# 80 min of training; max_steps sized so that the cosine reaches its floor near the time limit at ~270k tok/s.
+PROTOTYPE = RealDataBudget(
+    budget_s=2 * 3600, preset="config/tiny.json", max_documents=1_000_000, vocab_size=None, pretrain_s=4800,
+    pretrain_steps=40_000, pretrain_flags=("--batch_size", "64", "--max_length", "512"), finetune_s=0,
+    finetune_flags=(), eval_flags=())
+# Experiment on an RTX 4090: small on the first FineWeb-Edu sample-10BT file (~0.7B tokens), 140 min of training
+# (10,000 steps of 131k tokens at ~160k tok/s), then SFT on Alpaca (30 min), LoRA DPO on hh-rlhf (20 min), evaluation.
+EXPERIMENT = RealDataBudget(
+    budget_s=4 * 3600, preset="config/small.json", max_documents=None, vocab_size=None, pretrain_s=8400,
+    pretrain_steps=10_000, pretrain_flags=(), finetune_s=1800, finetune_flags=(), eval_flags=())
 SHORT_EVAL = ("--limit", "4", "--fast_mode", "--max_new_tokens", "8", "--batch_size", "4")
 SHORT_FINETUNE = ("--max_steps", "4", "--max_samples", "200", "--gain_eval_size", "8", "--batch_size", "4",
                   "--eval_steps", "2", "--save_steps", "4", "--logging_steps", "1", "--max_length", "128")
-PROTOTYPE_SHORT = RealDataBudget(budget_s=10 * 60, preset="config/tiny.json", max_documents=600, vocab_size=1024, pretrain_s=120,
-                                 pretrain_steps=20, pretrain_flags=("--batch_size", "8", "--max_length", "128",
-                                                                    "--eval_steps", "10", "--save_steps", "10",
-                                                                    "--warmup_steps", "2", "--eval_batches", "2"),
-                                 finetune_s=0, finetune_flags=(), eval_flags=SHORT_EVAL)
+SHORT_PRETRAIN = ("--max_length", "128", "--warmup_steps", "2", "--eval_batches", "2")
+PROTOTYPE_SHORT = RealDataBudget(
+    budget_s=10 * 60, preset="config/tiny.json", max_documents=600, vocab_size=1024, pretrain_s=120,
+    pretrain_steps=20,
+    pretrain_flags=(*SHORT_PRETRAIN, "--batch_size", "8", "--eval_steps", "10", "--save_steps", "10"),
+    finetune_s=0, finetune_flags=(), eval_flags=SHORT_EVAL)
 # The rehearsal trains tiny instead of small: the same stages and data, minutes instead of an hour on 2 CPU cores.
-EXPERIMENT_SHORT = RealDataBudget(budget_s=15 * 60, preset="config/tiny.json", max_documents=200, vocab_size=1024, pretrain_s=120,
-                                  pretrain_steps=6, pretrain_flags=("--batch_size", "2", "--max_length", "128",
-                                                                    "--eval_steps", "3", "--save_steps", "3",
-                                                                    "--warmup_steps", "1", "--eval_batches", "1",
-                                                                    "--gradient_accumulation_steps", "1"),
-                                  finetune_s=120, finetune_flags=SHORT_FINETUNE, eval_flags=SHORT_EVAL)
+EXPERIMENT_SHORT = RealDataBudget(
+    budget_s=15 * 60, preset="config/tiny.json", max_documents=200, vocab_size=1024, pretrain_s=120,
+    pretrain_steps=6, pretrain_flags=(*SHORT_PRETRAIN, "--batch_size", "2", "--eval_steps", "3", "--save_steps", "3",
+                                      "--gradient_accumulation_steps", "1"),
+    finetune_s=120, finetune_flags=SHORT_FINETUNE, eval_flags=SHORT_EVAL)
 PROTOTYPE_DATA = "config/datasets/tinystories.json"
 EXPERIMENT_DATA = "config/datasets/fineweb_edu.json"
 SFT_DATASET = "tatsu-lab/alpaca"

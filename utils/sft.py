@@ -4,10 +4,12 @@ Data are tokenized here (utils.sft_data.tokenize_sft): every context span exactl
 inference, every answer with its closing marker trained, EOS appended and trained. TRL receives {input_ids,
 completion_mask} and builds labels = -100 outside the completion, truncating to max_length.
 
-The gain is measured on held-out demo questions before and after training: greedy generation from the template's
-generation prompt, cut at the first stop string of the template or EOS (or after gain_max_new_tokens tokens); a hit
-is the gold `answer` span occurring verbatim (case-sensitive) in that response. The exact response match (the whole
-response equal to the reference sentence) is reported beside it.
+The gain is measured on held-out items before and after training, on any data: the response-token loss (mean
+negative log-likelihood in nats of the reference answer's tokens, EOS included, given the prompt). Where the items
+carry a short gold `answer` (the demo's questions), also the answer exact match: greedy generation from the
+template's generation prompt, cut at the first stop string of the template or EOS (or after gain_max_new_tokens
+tokens); a hit is the gold span occurring verbatim (case-sensitive) in that response. The exact response match
+(the whole response equal to the reference sentence) is reported beside it.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from utils.templates import PromptTemplate
 
 log = logging.getLogger(__name__)
 
-GAIN_METRIC = "answer_exact_match"
-GAIN_RULE = ("greedy response up to the template's stop string or EOS contains the gold answer span verbatim "
-             "(case-sensitive)")
+GAIN_METRIC = "answer_exact_match"  # where the held-out items have answers; else RESPONSE_LOSS
+RESPONSE_LOSS = "response_loss"
+GAIN_RULE = ("answer_exact_match: greedy response up to the template's stop string or EOS contains the gold answer "
+             "span verbatim (case-sensitive); response_loss: mean NLL (nats) of the reference response tokens")
 
 
 @dataclass
@@ -43,9 +46,13 @@ def _has_answer(example: SFTExample) -> bool:
     return bool(example.answer)
 
 
+def _any_item(example: SFTExample) -> bool:
+    return True
+
+
 def prepare_sft_data(config: SFTStageConfig, tokenizer: Any, template: PromptTemplate, max_length: int) -> StageData:
     examples, data_report = load_sft_examples(config.dataset_path, config.max_samples)
-    examples, held_out, source = held_out_set(config, examples, lambda path: load_sft_examples(path)[0], _has_answer)
+    examples, held_out, source = held_out_set(config, examples, lambda path: load_sft_examples(path)[0], _any_item)
     train, validation = validation_set(config, examples)
     train_rows, lengths = tokenize_sft(train, tokenizer, template, max_length, config.strict, config.dataset_path)
     val_rows, val_lengths = tokenize_sft(validation, tokenizer, template, max_length, config.strict,
@@ -64,16 +71,39 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
     return text[:min(cuts)] if cuts else text
 
 
-def answer_accuracy(model: Any, tokenizer: Any, template: PromptTemplate, items: list[SFTExample],
-                    config: SFTStageConfig) -> Measurement:
-    """Answer-span and whole-response exact match over `items`, by the rule in the module docstring."""
-    params = GenerationParams(max_new_tokens=config.gain_max_new_tokens, temperature=0.0)
-    stops = (*template.stop, tokenizer.eos_token)
-    with kv_cache(model):
-        records = [_answer_record(model, tokenizer, template, item, params, stops) for item in items]
-    n = max(len(records), 1)
-    return Measurement({GAIN_METRIC: sum(r["hit"] for r in records) / n,
-                        "response_exact_match": sum(r["exact"] for r in records) / n}, records)
+def held_out_gain(model: Any, tokenizer: Any, template: PromptTemplate, items: list[SFTExample],
+                  config: SFTStageConfig) -> Measurement:
+    """Response-token loss over every held-out item; answer-span and whole-response exact match over those with a
+    gold answer. The rules are in the module docstring."""
+    max_length = config.max_length or model.config.max_position_embeddings
+    rows, _ = tokenize_sft(items, tokenizer, template, max_length, False, "held-out items")
+    losses = [_response_nll(model, row, max_length) for row in rows]
+    records = [{"index": item.index, "response_nll": nll, "response_tokens": count}
+               for item, (nll, count) in zip(items, losses, strict=True)]
+    scores = {RESPONSE_LOSS: sum(nll for nll, _ in losses) / max(sum(count for _, count in losses), 1)}
+    answered = [i for i, item in enumerate(items) if item.answer]
+    if answered:
+        params = GenerationParams(max_new_tokens=config.gain_max_new_tokens, temperature=0.0)
+        stops = (*template.stop, tokenizer.eos_token)
+        with kv_cache(model):
+            for i in answered:
+                records[i].update(_answer_record(model, tokenizer, template, items[i], params, stops))
+        hits = [records[i] for i in answered]
+        scores = {GAIN_METRIC: sum(r["hit"] for r in hits) / len(hits),
+                  "response_exact_match": sum(r["exact"] for r in hits) / len(hits), **scores}
+    return Measurement(scores, records)
+
+
+def _response_nll(model: Any, row: dict[str, list[int]], max_length: int) -> tuple[float, int]:
+    """(summed NLL of the trained tokens, their count) for one tokenized row, truncated as the trainer does."""
+    import torch
+
+    ids = torch.tensor(row["input_ids"][:max_length], device=model.device)
+    mask = torch.tensor(row["completion_mask"][:max_length], device=model.device)[1:].bool()
+    with torch.no_grad():
+        logits = model(input_ids=ids[None]).logits[0, :-1].float()
+    nll = torch.nn.functional.cross_entropy(logits, ids[1:], reduction="none")
+    return float(nll[mask].sum()), int(mask.sum())
 
 
 @contextlib.contextmanager
@@ -114,7 +144,7 @@ def build_sft_trainer(config: SFTStageConfig, loaded: TrainingModel, data: Stage
 
 
 SFT_STAGE = StageSpec(name="sft", gain_metric=GAIN_METRIC, gain_rule=GAIN_RULE, prepare=prepare_sft_data,
-                      measure=answer_accuracy, build_trainer=build_sft_trainer,
+                      measure=held_out_gain, build_trainer=build_sft_trainer,
                       extra_meta=lambda config, trainer, final_eval: {})
 
 
