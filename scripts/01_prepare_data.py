@@ -4,7 +4,9 @@
     python scripts/01_prepare_data.py                                   # embedded demo corpus, no network
     python scripts/01_prepare_data.py --config_path config/datasets/wikitext103.json
     python scripts/01_prepare_data.py --config_path config/datasets/openwebtext.json --vocab_size 16384 --max_length 2048
-    python scripts/01_prepare_data.py --source local --name my_corpus --input_path ./data/raw/my_corpus.txt
+    python scripts/01_prepare_data.py --input_path ./data/raw/my_corpus.txt    # local files -> data/processed/my_corpus
+    python scripts/01_prepare_data.py --input_path ./corpus.jsonl --tokenizer_type bytelevel   # GPT-2-style BPE
+    python scripts/01_prepare_data.py --input_path ./corpus.jsonl --tokenizer_path gpt2   # a hub tokenizer, frozen
 
 A rerun with the same config does nothing; --force rebuilds (the old output is replaced only when the new one
 is complete). Outputs: tokenizer/, train_*.bin, val_*.bin, manifest.json, stats.json, DATA_CARD.md.
@@ -22,11 +24,15 @@ from utils.data_prep import DataConfig, prepare_dataset  # noqa: E402
 log = logging.getLogger("lumi.prepare")
 
 HELP = {
-    "source": "demo (embedded, offline), local (--input_path) or hf (--hf_dataset)",
+    "source": "demo (embedded, offline), local (--input_path alone selects it) or hf (--hf_dataset)",
     "input_path": "file, directory or glob of .txt/.jsonl/.json/.parquet (optionally .gz)",
     "text_field": "field holding the text in jsonl/json/parquet records",
     "vocab_size": "tokenizer vocabulary (32768 if unset); smaller for small corpora",
-    "tokenizer_path": "reuse this tokenizer directory instead of training one (a frozen tokenizer)",
+    "tokenizer_path": "reuse a tokenizer instead of training one (frozen): a directory, or a Hugging Face id like gpt2",
+    "tokenizer_type": "what to train: sentencepiece (BPE with byte fallback) or bytelevel (GPT-2-style byte BPE)",
+    "hf_data_files": "only these files of the hub repository (a glob inside it), e.g. sample/10BT/000_00000.parquet",
+    "hf_streaming": "stream instead of downloading: no disk copy, but nothing is cached (a rerun needs the network)",
+    "mirror_path": "where a LUMI_DATA_DIR mirror keeps this hub dataset (a glob inside the mirror)",
     "max_length": "training context the data is prepared for; stage 02 uses it as its default",
     "num_workers": "processes for cleaning and filtering (0 = in-process)",
     "strict": "make malformed records fatal instead of counted and skipped",

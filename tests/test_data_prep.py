@@ -184,3 +184,22 @@ def test_input_path_with_a_hub_config_says_to_add_source_local(tmp_path: Path, j
     fixed = _cli(*args, "--source", "local", "--vocab_size", "400", "--num_workers", "0")  # the suggested command
     assert fixed.returncode == 0, fixed.stderr
     assert (tmp_path / "openwebtext" / "manifest.json").is_file()
+
+
+def test_bytelevel_tokenizer_option(tmp_path: Path, jsonl_corpus: Path) -> None:
+    out = prepare_dataset(_local(tmp_path, jsonl_corpus, tokenizer_type="bytelevel", vocab_size=600))
+    tokenizer_dir = out / "tokenizer"
+    assert not (tokenizer_dir / "tokenizer.model").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["tokenizer"]["sha256"] == tokenizer_sha256(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
+    assert len(tok) == 600 and [tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, tok.pad_token_id] == [0, 1, 2, 3]
+    assert tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]) == [4, 5]
+    text = "Naïve café — 東京 🎉\n\tindented  twice"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert 0 not in ids and tok.decode(ids) == text  # bytes: nothing is unknown, the round trip is exact
+    train = read_shard(out / manifest["splits"]["train"]["shards"][0]["file"], manifest["tokenizer"]["sha256"])
+    first_doc = train[1:int(np.argmax(train == 2))]
+    assert train[0] == 1 and len(first_doc) > 5  # BOS ids EOS, framed as with SentencePiece
+    decoded = tok.decode(first_doc.tolist())
+    assert tok(decoded, add_special_tokens=False)["input_ids"] == first_doc.tolist()  # pipeline ids == HF ids

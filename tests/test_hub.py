@@ -172,3 +172,46 @@ def test_finetuning_sets_load_by_hub_id_and_from_the_mirror(hub_env, shared_data
                  {**os.environ, "LUMI_DATA_DIR": str(shared_data), "HF_HUB_OFFLINE": "1"})
     assert mirror.returncode == 0, mirror.stderr[-3000:]
     assert json.loads(mirror.stdout)["sft"] == counts["sft"]  # the same 5,000 Alpaca rows either way
+
+
+def _gpt2_style_tokenizer_files(tmp: Path) -> dict[str, bytes]:
+    """A byte-level BPE saved the way a GPT-2-style hub repository ships it: one <|endoftext|> special token that
+    is BOS, EOS and UNK, no padding token, no chat template."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import story_texts
+
+    backend = Tokenizer(BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(story_texts(200), BpeTrainer(vocab_size=500, special_tokens=["<|endoftext|>"],
+                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                  unk_token="<|endoftext|>")
+    tok.save_pretrained(tmp)
+    return {p.name: p.read_bytes() for p in tmp.iterdir() if p.is_file()}
+
+
+def test_tokenizer_path_takes_a_hub_tokenizer_id(fake_hub, hub_env, jsonl_corpus: Path, tmp_path: Path) -> None:
+    (tmp_path / "gpt2-files").mkdir()
+    fake_hub.add_model("lumi-test/gpt2-style", _gpt2_style_tokenizer_files(tmp_path / "gpt2-files"))
+    args = [*PREPARE, "--input_path", str(jsonl_corpus), "--tokenizer_path", "lumi-test/gpt2-style",
+            "--output_dir", str(tmp_path / "p"), "--num_workers", "0"]
+    result = run(args, hub_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((tmp_path / "p" / "corpus" / "manifest.json").read_text())
+    assert manifest["tokenizer"]["vocab_size"] == 500
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "p" / "corpus" / "tokenizer")
+    assert tok.bos_token_id == tok.eos_token_id == tok.pad_token_id == 0 and tok.chat_template
+    again = run([*args, "--force"], offline(hub_env))  # from the Hugging Face cache
+    assert again.returncode == 0, again.stderr[-3000:]
+    wrong = run([*args, "--force", "--vocab_size", "1000"], hub_env)
+    assert wrong.returncode == 2 and "conflicts with the tokenizer at lumi-test/gpt2-style" in wrong.stderr
+    missing = run([*PREPARE, "--input_path", str(jsonl_corpus), "--tokenizer_path", "nobody/none",
+                   "--output_dir", str(tmp_path / "q")], hub_env)
+    assert missing.returncode == 1 and "cannot load the tokenizer 'nobody/none'" in missing.stderr

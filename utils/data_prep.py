@@ -32,7 +32,8 @@ from utils.data_report import StageTimer, build_stats, write_data_card
 from utils.dedup import NearDuplicateIndex, exact_key
 from utils.errors import ConfigError, DataError
 from utils.filters import FilterOptions, drop_reason
-from utils.hub import MIRROR_ENV, PublicDataset, check_available, expand_mirror_path, mirror_matches, mirror_root
+from utils.hub import (MIRROR_ENV, PublicDataset, check_available, expand_mirror_path, hub_unavailable_reason,
+                       mirror_matches, mirror_root)
 from utils.sources import (ReadStats, SourceOptions, input_fingerprint, iter_hub_documents, iter_local_documents,
                            resolve_input_files)
 
@@ -92,7 +93,8 @@ class DataConfig:
     train_fraction: float = 0.98
     seed: int = 1234
     vocab_size: int | None = None
-    tokenizer_path: str | None = None
+    tokenizer_path: str | None = None  # a tokenizer directory, or a Hugging Face tokenizer id (e.g. gpt2)
+    tokenizer_type: Literal["sentencepiece", "bytelevel"] = "sentencepiece"  # what stage 01 trains
     tokenizer_sample_chars: int = 50_000_000
     max_length: int = 2048
     shard_tokens: int = 100_000_000
@@ -351,7 +353,7 @@ def _prepare_tokenizer(config: DataConfig, state: _Pass1, val_mask: np.ndarray, 
 
     tokenizer_dir = out / "tokenizer"
     if config.tokenizer_path:
-        return _copy_tokenizer(config, Path(config.tokenizer_path), tokenizer_dir)
+        return _copy_tokenizer(config, config.tokenizer_path, tokenizer_dir)
     # kept_chars includes validation: the rate only needs to be about right, and stays deterministic.
     rate = min(1.0, config.tokenizer_sample_chars / max(state.kept_chars, 1))
     threshold = int(rate * 2**64)
@@ -361,28 +363,58 @@ def _prepare_tokenizer(config: DataConfig, state: _Pass1, val_mask: np.ndarray, 
             if not val_mask[index] and state.sample_keys[index] < threshold:
                 sample.write(text + "\n")  # SentencePiece reads one sentence per line
         # The thread count is recorded in tokenizer.model, so it is fixed: num_workers must not change outputs.
-        train_tokenizer(sample_path, tokenizer_dir, config.vocab_size or DEFAULT_VOCAB_SIZE)
+        train_tokenizer(sample_path, tokenizer_dir, config.vocab_size or DEFAULT_VOCAB_SIZE,
+                        kind=config.tokenizer_type)
     sample_path.unlink()
     return tokenizer_dir
 
 
-def _copy_tokenizer(config: DataConfig, source: Path, target: Path) -> Path:
+def _copy_tokenizer(config: DataConfig, source: str, target: Path) -> Path:
+    """A frozen tokenizer: a directory written by stage 01, or a Hugging Face tokenizer by hub id."""
     from utils.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(source)
+    if Path(source).is_dir():
+        tokenizer = load_tokenizer(Path(source))
+        shutil.copytree(source, target)
+    else:
+        tokenizer = hub_tokenizer(source)
+        tokenizer.save_pretrained(target)
     if config.vocab_size is not None and config.vocab_size != len(tokenizer):
         raise ConfigError(f"--vocab_size {config.vocab_size} conflicts with the tokenizer at {source} "
                           f"(vocab {len(tokenizer)}); drop --vocab_size when reusing a tokenizer")
-    shutil.copytree(source, target)
     return target
+
+
+def hub_tokenizer(repo_id: str) -> Any:
+    """A Hugging Face tokenizer by id (downloaded once, then from the cache), completed for our stages: an EOS is
+    required, BOS and PAD default to it, and the ChatML template is added where it has none."""
+    from transformers import AutoTokenizer
+
+    from utils.templates import CHATML_JINJA
+
+    if repo_id.count("/") > 1 or repo_id.startswith((".", "/")):
+        raise DataError(f"--tokenizer_path {repo_id}: no such directory, and not a Hugging Face id (owner/name)")
+    reason = hub_unavailable_reason()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(repo_id, local_files_only=reason is not None)
+    except OSError as exc:
+        why = f"the hub is unavailable ({reason}) and it is not in the cache" if reason else str(exc)
+        raise DataError(f"cannot load the tokenizer '{repo_id}': {why}. Check the id, connect once, or pass a "
+                        f"tokenizer directory with --tokenizer_path.") from exc
+    if tokenizer.eos_token_id is None:
+        raise DataError(f"the tokenizer '{repo_id}' has no EOS token: documents could not be separated")
+    tokenizer.bos_token = tokenizer.bos_token or tokenizer.eos_token
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    tokenizer.chat_template = tokenizer.chat_template or CHATML_JINJA
+    return tokenizer
 
 
 def _tokenize(config: DataConfig, state: _Pass1, val_mask: np.ndarray, spool: Path, out: Path,
               tokenizer_dir: Path) -> dict[str, list[dict]]:
     from utils.shards import ShardWriter
-    from utils.tokenizer import SentencePieceEncoder, tokenizer_sha256
+    from utils.tokenizer import make_encoder, tokenizer_sha256
 
-    encoder = SentencePieceEncoder(tokenizer_dir)
+    encoder = make_encoder(tokenizer_dir)
     sha = tokenizer_sha256(tokenizer_dir)
     writers = {split: ShardWriter(out, split, encoder.vocab_size, sha, config.shard_tokens)
                for split in ("train", "val")}
@@ -490,9 +522,9 @@ def _build(config: DataConfig, files: list[Path], out: Path, fingerprint: str, s
 
 def _write_outputs(config: DataConfig, state: _Pass1, val_mask: np.ndarray, shards: dict[str, list[dict]],
                    out: Path, tokenizer_dir: Path, fingerprint: str, seconds: float) -> None:
-    from utils.tokenizer import SentencePieceEncoder, tokenizer_sha256
+    from utils.tokenizer import make_encoder, tokenizer_sha256
 
-    encoder = SentencePieceEncoder(tokenizer_dir)
+    encoder = make_encoder(tokenizer_dir)
     sha = tokenizer_sha256(tokenizer_dir)
     splits = {name: {"shards": items, "tokens": sum(s["tokens"] for s in items),
                      "documents": sum(s["documents"] for s in items)} for name, items in shards.items()}

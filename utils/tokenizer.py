@@ -1,4 +1,5 @@
-"""SentencePiece BPE tokenizer, trained once, frozen, and exported as a Hugging Face fast tokenizer.
+"""Tokenizers, trained once, frozen, and exported as Hugging Face fast tokenizers: SentencePiece BPE (the default) or
+a GPT-2-style byte-level BPE (`tokenizers`), or any Hugging Face tokenizer by hub id.
 
     from utils.tokenizer import train_tokenizer, load_tokenizer, SentencePieceEncoder
     train_tokenizer(Path("sample.txt"), Path("out/tokenizer"), vocab_size=8000)
@@ -22,6 +23,11 @@ Why this recipe:
   "<unk>": HF maps them to their control ids (TRL appends `eos_token` as text, so HF must recognise it), SentencePiece
   to plain pieces. The data pipeline uses SentencePiece ids and adds BOS/EOS itself; the HF tokenizer never adds them.
   Round trips are exact except for a literal "▁" (U+2581), which both libraries decode as a space.
+
+Byte-level BPE (`tokenizer_type: bytelevel`, as GPT-2 and most peers use): `tokenizers`' BPE over the 256 byte
+symbols with the ByteLevel pre-tokenizer (no prefix space) and decoder, the same special tokens at the same ids
+(0-5); there is no tokenizer.model, so its identity is the sha256 of tokenizer.json and the data pipeline encodes
+with the `tokenizers` batch encoder.
 """
 
 import hashlib
@@ -47,7 +53,10 @@ SPECIAL_PIECES = (IM_START, IM_END)
 UNK_PIECE, BOS_PIECE, EOS_PIECE, PAD_PIECE = "<unk>", "<s>", "</s>", "<pad>"
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 SPM_MODEL_FILE = "tokenizer.model"
-HF_REQUIRED_FILES = ("tokenizer.json", "tokenizer_config.json")
+HF_TOKENIZER_FILE = "tokenizer.json"
+HF_REQUIRED_FILES = (HF_TOKENIZER_FILE, "tokenizer_config.json")
+TOKENIZER_TYPES = ("sentencepiece", "bytelevel")
+ORDERED_SPECIALS = (UNK_PIECE, BOS_PIECE, EOS_PIECE, PAD_PIECE, *SPECIAL_PIECES)  # ids 0..5 in both kinds
 # With byte fallback a character left out of the vocabulary still round-trips as UTF-8 bytes, so covering 99.95% of
 # the sample's characters is lossless and spares a small vocab (512 = 262 reserved pieces + 250) from spending slots on
 # one-off symbols; 1.0 fails outright on a sample with more distinct characters than free slots.
@@ -183,22 +192,53 @@ def train_tokenizer(
     vocab_size: int,
     num_threads: int = DEFAULT_NUM_THREADS,
     max_sentence_length: int = 16384,
+    kind: str = "sentencepiece",
 ) -> Path:
     """Train on a UTF-8 text file (one sentence/paragraph per line; the caller writes it) and write an HF fast
-    tokenizer + tokenizer.model into out_dir. Deterministic: same sample + vocab_size (+ num_threads, which the model
-    records) => byte-identical tokenizer.model. Lines longer than max_sentence_length bytes are skipped by SentencePiece. Returns out_dir."""
+    tokenizer (+ tokenizer.model for SentencePiece) into out_dir. Deterministic: same sample + vocab_size (+
+    num_threads, which the model records) => byte-identical files. Lines longer than max_sentence_length bytes are
+    skipped by SentencePiece. Returns out_dir."""
     if not sample_path.is_file():
         raise DataError(f"Tokenizer training sample {sample_path} does not exist")
+    if kind not in TOKENIZER_TYPES:
+        raise ConfigError(f"unknown tokenizer_type '{kind}'; choose from {', '.join(TOKENIZER_TYPES)}")
     start = time.perf_counter()
-    model_proto = _train_spm(sample_path, vocab_size, num_threads, max_sentence_length)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / SPM_MODEL_FILE).write_bytes(model_proto)
-    _hf_tokenizer_from_spm(model_proto).save_pretrained(out_dir)
+    if kind == "bytelevel":
+        _train_bytelevel(sample_path, vocab_size).save_pretrained(out_dir)
+    else:
+        model_proto = _train_spm(sample_path, vocab_size, num_threads, max_sentence_length)
+        (out_dir / SPM_MODEL_FILE).write_bytes(model_proto)
+        _hf_tokenizer_from_spm(model_proto).save_pretrained(out_dir)
     logger.info(
         "Trained a %d-piece tokenizer on %s in %.1f s -> %s (sha256 %s)",
         vocab_size, sample_path, time.perf_counter() - start, out_dir, tokenizer_sha256(out_dir)[:12],
     )
     return out_dir
+
+
+def _train_bytelevel(sample_path: Path, vocab_size: int) -> "PreTrainedTokenizerFast":
+    """GPT-2-style byte-level BPE: every byte is a symbol, so any text encodes without <unk>."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + len(ORDERED_SPECIALS):
+        raise ConfigError(f"vocab_size={vocab_size} cannot hold the {len(alphabet)} byte symbols and "
+                          f"{len(ORDERED_SPECIALS)} special tokens of a byte-level BPE: use a larger --vocab_size")
+    backend = Tokenizer(BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(vocab_size=vocab_size, special_tokens=list(ORDERED_SPECIALS), initial_alphabet=alphabet,
+                         show_progress=False)
+    backend.train_from_iterator(_read_lines(sample_path), trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=BOS_PIECE, eos_token=EOS_PIECE,
+                                  unk_token=UNK_PIECE, pad_token=PAD_PIECE, extra_special_tokens=list(SPECIAL_PIECES),
+                                  add_bos_token=False, add_eos_token=False)
+    tok.chat_template = CHATML_JINJA
+    return tok
 
 
 def _require_files(path: Path, names: tuple[str, ...]) -> None:
@@ -219,14 +259,39 @@ def load_tokenizer(path: Path) -> "PreTrainedTokenizerFast":
     """
     from transformers import PreTrainedTokenizerFast
 
-    _require_files(path, (SPM_MODEL_FILE, *HF_REQUIRED_FILES))
+    _require_files(path, HF_REQUIRED_FILES)
     return PreTrainedTokenizerFast.from_pretrained(path)
 
 
 def tokenizer_sha256(path: Path) -> str:
-    """sha256 of the tokenizer.model bytes: the identity of a frozen tokenizer, recorded in shards and checkpoints."""
-    _require_files(path, (SPM_MODEL_FILE,))
-    return hashlib.sha256((path / SPM_MODEL_FILE).read_bytes()).hexdigest()
+    """The identity of a frozen tokenizer, recorded in shards and checkpoints: sha256 of tokenizer.model
+    (SentencePiece), else of tokenizer.json (byte-level BPE, hub tokenizers)."""
+    identity = SPM_MODEL_FILE if (path / SPM_MODEL_FILE).is_file() else HF_TOKENIZER_FILE
+    _require_files(path, (identity,))
+    return hashlib.sha256((path / identity).read_bytes()).hexdigest()
+
+
+def make_encoder(path: Path) -> "SentencePieceEncoder | FastTokenizerEncoder":
+    """The data pipeline's batch encoder for a tokenizer directory: SentencePiece's where it has tokenizer.model."""
+    return SentencePieceEncoder(path) if (path / SPM_MODEL_FILE).is_file() else FastTokenizerEncoder(path)
+
+
+class FastTokenizerEncoder:
+    """Batch encoding through `tokenizers` (Rust, parallel) for tokenizers without a SentencePiece model."""
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer
+
+        tok = load_tokenizer(path)
+        self._backend = Tokenizer.from_file(str(path / HF_TOKENIZER_FILE))
+        self.vocab_size: int = len(tok)
+        if tok.eos_token_id is None:
+            raise DataError(f"the tokenizer at {path} has no EOS token: documents cannot be separated")
+        self.eos_id: int = tok.eos_token_id
+        self.bos_id: int = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._backend.encode_batch(texts, add_special_tokens=False)]
 
 
 class SentencePieceEncoder:
