@@ -22,7 +22,7 @@ TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)
 
 .PHONY: help install install-extra check-env install-flash-attn test test-fast \
         prepare prepare-demo prepare-tinystories prepare-fineweb prepare-wt2 prepare-wt103 prepare-wiki prepare-owt prepare-prose \
-        pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny sft dpo \
+        pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny sft dpo sft-alpaca dpo-hh \
         evaluate evaluate-quick evaluate-detailed assess-performance compare-lm-eval \
         session-quick session-prototype session-experiment session-evaluation session-debug session-architecture \
         session-status session-cleanup pipeline-full create-sample-datasets test-pipeline backup clean \
@@ -115,6 +115,14 @@ sft: $(STAMP) ## SFT of SFT_MODEL on SFT_DATASET -> checkpoints/sft/RUN_NAME (de
 
 dpo: $(STAMP) ## DPO (LoRA) of DPO_MODEL on DPO_DATASET -> checkpoints/dpo/RUN_NAME (demo: ~2 min CPU)
 	$(PY) scripts/04_dpo.py --config_path config/dpo.json --model_path $(DPO_MODEL) --dataset_path $(DPO_DATASET) \
+		--output_dir checkpoints/dpo --run_name $(RUN_NAME) $(ARGS)
+
+sft-alpaca: $(STAMP) ## SFT of SFT_MODEL on tatsu-lab/alpaca from the hub (config/sft_alpaca.json; small/base, GPU)
+	$(PY) scripts/03_sft.py --config_path config/sft_alpaca.json --model_path $(SFT_MODEL) --dataset_path tatsu-lab/alpaca \
+		--output_dir checkpoints/sft --run_name $(RUN_NAME) $(ARGS)
+
+dpo-hh: $(STAMP) ## DPO (LoRA) of DPO_MODEL on Anthropic/hh-rlhf from the hub (config/dpo_hh_rlhf.json; GPU)
+	$(PY) scripts/04_dpo.py --config_path config/dpo_hh_rlhf.json --model_path $(DPO_MODEL) --dataset_path Anthropic/hh-rlhf \
 		--output_dir checkpoints/dpo --run_name $(RUN_NAME) $(ARGS)
 
 # --- Stage 05: evaluation (MODEL=<model dir>; data from the hub, the LUMI_DATA_DIR mirror, or EVAL_DATA=<dir>) -----
