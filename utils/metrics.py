@@ -54,9 +54,11 @@ def gpu_peak_flops(device_name: str) -> float | None:
 
 
 def _matmul_seconds(size: int, dtype: torch.dtype) -> float:
-    """The best of a few timings of one square matmul (after a warm-up)."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+    """The best of a few timings of one square matmul (after a warm-up). Its own generator: how many sizes run
+    depends on timing, and the training RNG stream must not."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, dtype=dtype, generator=generator)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(CPU_PROBE_REPEATS):
