@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,8 @@ def serve_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def one_cpu_thread() -> Iterator[None]:
-    """Batch-1 decoding of a tiny model gains nothing from two threads, and loses much when other jobs share CPUs."""
+    """Tiny models (batch-1 decoding, test training runs) gain nothing from two threads, and lose much when other
+    jobs share the CPUs."""
     import torch
 
     threads = torch.get_num_threads()
@@ -81,3 +83,10 @@ def gen(serve_model_dir: Path) -> Any:
 
     loaded = load_model(serve_model_dir)
     return TextGenerator(loaded.model, loaded.tokenizer)
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now, chosen by the OS (a fixed port collides with concurrent test runs)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
