@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,10 +82,3 @@ def gen(serve_model_dir: Path) -> Any:
 
     loaded = load_model(serve_model_dir)
     return TextGenerator(loaded.model, loaded.tokenizer)
-
-
-def free_port() -> int:
-    """A loopback TCP port free right now, chosen by the OS (a fixed port collides with concurrent test runs)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

@@ -16,12 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import free_port
 from utils.checkpoint import COMPLETE, LATEST, CheckpointError, complete_checkpoints, resolve_resume_path
 from utils.data_prep import DataConfig, prepare_dataset
 from utils.errors import ConfigError
 from utils.metrics import read_metrics
 from utils.pretrain import PretrainData, load_pretrain_config, pretrain
+from utils.sessions import free_port
 from utils.token_data import SampleOrder, TokenWindows, load_dataset_info
 from utils.training import TrainingError, TrainingLoop, lr_lambda
 
@@ -336,7 +336,8 @@ def test_multiple_choice_accuracy_is_logged_during_training(tmp_path: Path, data
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path: Path, dataset: Path) -> None:
     """torchrun with 2 x batch 2 on CPU (gloo) follows the 1 x batch 4 run: same LR schedule, same validation."""
     preset = _preset(tmp_path, dropout=0.0)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(free_port())]
     ddp = subprocess.run([*torchrun, *_cli(preset, dataset, tmp_path / "ddp", "--batch_size", "2")[1:]], cwd=REPO,
                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
