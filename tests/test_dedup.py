@@ -3,6 +3,8 @@ near-duplicate threshold at its boundary (pairs at a measured shingle Jaccard of
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import xxhash
@@ -42,6 +44,12 @@ def test_near_duplicates_are_dropped_streaming() -> None:
     assert first == [False] * 16  # distinct stories are kept
     assert second[0] is True and not any(second[1:])
     assert len(index) == 16 + len(stories[20:])
+
+
+def test_index_defaults_are_stage_01_settings() -> None:
+    defaults = inspect.signature(NearDuplicateIndex).parameters
+    assert [defaults[name].default for name in ("num_perm", "threshold", "shingle_size")] == \
+        [DataConfig.minhash_num_perm, DataConfig.minhash_threshold, DataConfig.shingle_size]
 
 
 def test_duplicate_within_one_batch_is_caught() -> None:
