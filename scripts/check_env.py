@@ -24,9 +24,9 @@ def main() -> int:
         ("CUDA", f"yes ({env['cuda_version']})" if env["cuda_available"] else "no (CPU only)"),
         ("GPU", f"{env['gpu']} x{env['gpu_count']}" if env["gpu"] else "none"),
         ("CPU threads", env["cpu_threads"]),
-        ("bf16", "supported" if env["bf16_supported"] else "not supported (fp16 with grad scaler)"),
-        *([] if env["cuda_available"] else [("CPU bf16 hardware", "yes: training uses bf16" if env["cpu_bf16_native"]
-                                             else "no (emulated, ~40x slower): training uses fp32")]),
+        ("bf16", "supported" if env["bf16_supported"] else
+         "not supported (auto: fp16 with grad scaler)" if env["cuda_available"] else
+         "emulated, slow on this CPU (auto: fp32)"),
         ("flash-attn", "installed" if env["flash_attn_installed"] else "not installed (make install-flash-attn)"),
         ("Attention used for training", env["attention_implementation"]),
     ]

@@ -87,7 +87,8 @@ def serve_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def one_cpu_thread() -> Iterator[None]:
-    """Batch-1 decoding of a tiny model gains nothing from two threads, and loses much when other jobs share CPUs."""
+    """Tiny models (batch-1 decoding, test training runs) gain nothing from two threads, and lose much when other
+    jobs share the CPUs."""
     import torch
 
     threads = torch.get_num_threads()

@@ -6,14 +6,14 @@ from __future__ import annotations
 import io
 import os
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pexpect
 import pytest
 
 from utils.chat import ANSWER_PREFIX, USER_PROMPT, ChatSession, chat_loop
-from utils.generation import GenerationParams, TextGenerator
+from utils.generation import GenerationParams, TextGenerator, TextStream
 from utils.templates import get_template
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +62,6 @@ def test_interactive_session_in_a_terminal(serve_model_dir: Path, gen: TextGener
         child.expect(r"context: dropped the oldest 1 exchange to stay within 2048 tokens")
         child.expect_exact(ANSWER_PREFIX)
         child.expect("\n")  # the answer is streaming (this random model says newlines): ~2,000 tokens, seconds
-        time.sleep(0.3)
         child.sendintr()
         child.expect_exact("[stopped]")
         child.expect_exact(USER_PROMPT)  # Ctrl-C stopped the answer, not the program
@@ -109,6 +108,33 @@ def test_a_message_longer_than_the_context_is_not_sent_and_drops_nothing(gen: Te
     chat.history = list(earlier)
     chat.answer("fox " * 2000)
     assert chat.history == earlier and "not sent" in out.getvalue() and "Shorten it" in out.getvalue()
+
+
+class RecordingGenerator:
+    """The generator, keeping the prompt of every answer it is asked for."""
+
+    def __init__(self, gen: TextGenerator) -> None:
+        self.gen = gen
+        self.prompts: list[list[int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.gen, name)
+
+    def stream(self, prompt_ids: list[int], params: GenerationParams) -> TextStream:
+        self.prompts.append(list(prompt_ids))
+        return self.gen.stream(prompt_ids, params)
+
+
+def test_reset_then_a_question_sends_no_earlier_turn(gen: TextGenerator) -> None:
+    recorder = RecordingGenerator(gen)
+    chatml = get_template("chatml")
+    chat = ChatSession(recorder, chatml, GenerationParams(max_new_tokens=4), seed=0, out=io.StringIO())
+    chat.answer("My name is Ada.")
+    chat.command("/reset")
+    chat.answer("What is my name?")
+    question = [{"role": "user", "content": "What is my name?"}]
+    assert recorder.prompts[1] == gen.encode(chatml.render(question, add_generation_prompt=True))
+    assert "Ada" in gen.tokenizer.decode(recorder.prompts[0]) and chat.history[:1] == question
 
 
 def test_answers_join_the_history(gen: TextGenerator) -> None:

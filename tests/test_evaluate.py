@@ -94,17 +94,31 @@ def test_second_run_is_identical(model_dir: Path, data_dir: Path, tmp_path: Path
     assert (tmp_path / "a" / second_dir.name / "smoke.jsonl").read_text() == (second_dir / "smoke.jsonl").read_text()
 
 
+def _choice_lls(run: Path, task: str) -> list[float]:
+    return [ll for line in (run / f"{task}.jsonl").read_text().splitlines() for ll in json.loads(line)["lls"]]
+
+
 def test_peft_adapter_directory_is_evaluated_with_its_base(model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    """An adapter that changes the model (random B) scores exactly like its merged model, not like its base."""
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(model_dir)
-    adapter = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"]))
-    adapter_dir = tmp_path / "adapter"
-    adapter.save_pretrained(adapter_dir)
-    results = json.loads((_evaluate(adapter_dir, data_dir, tmp_path / "out", tasks=["arc_easy"]) /
-                          "results.json").read_text())
+    adapter = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", r=4, target_modules=["q_proj", "v_proj"],
+                                              init_lora_weights=False))
+    adapter.save_pretrained(tmp_path / "adapter")
+    adapter.merge_and_unload().save_pretrained(tmp_path / "merged")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(model_dir / name, tmp_path / "merged" / name)
+    runs = {name: _evaluate(path, data_dir, tmp_path / f"out-{name}", tasks=["arc_easy"])
+            for name, path in (("base", model_dir), ("adapter", tmp_path / "adapter"), ("merged", tmp_path / "merged"))}
+    results = json.loads((runs["adapter"] / "results.json").read_text())
     assert results["model"]["base_path"] == str(model_dir.resolve()) and results["tasks"]["arc_easy"]["n"] == 3
+    lls = {name: torch.tensor(_choice_lls(run, "arc_easy")) for name, run in runs.items()}
+    assert (lls["adapter"] - lls["base"]).abs().max() > 1e-3
+    assert (lls["adapter"] - lls["merged"]).abs().max() < 1e-5
 
 
 def test_offline_without_local_data_names_dataset_and_flag(model_dir: Path, tmp_path: Path,

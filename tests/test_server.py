@@ -24,6 +24,7 @@ import uvicorn
 from utils.errors import ConfigError
 from utils.model_io import LoadedModel, load_model
 from utils.server import MAX_BODY_BYTES, ServeConfig, create_app
+from utils.sessions import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -355,28 +356,35 @@ def test_queue_full_is_429_and_a_finished_stream_frees_the_slot(serve_model_dir:
         assert live.state.stats["rejected"] == 2 and live.state.stats["cancelled"] == 1
 
 
-def test_requests_beyond_the_running_one_wait_in_the_queue(server: LiveServer) -> None:
+def test_requests_beyond_the_running_one_wait_in_the_queue(server: LiveServer, client: httpx.Client) -> None:
+    """While a stream holds the only slot, three more requests wait in line (and /health says so); when it ends,
+    each is answered."""
     results: list[int] = []
 
     def ask() -> None:
         with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as http:
             results.append(post(http, "/v1/completions", prompt="Hi", max_tokens=30).status_code)
 
-    threads = [threading.Thread(target=ask) for _ in range(4)]
-    for thread in threads:
-        thread.start()
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    with open_stream(client):
+        for thread in threads:
+            thread.start()
+        server.wait_until(lambda: server.state.slots.waiting == 3, "three requests waiting")
+        with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as http:
+            health = http.get("/health").json()
+        assert (health["running"], health["waiting"]) == (1, 3)
     for thread in threads:
         thread.join(TIMEOUT_S)
-    assert results == [200] * 4
+    assert results == [200] * 3 and server.state.slots.waiting == 0
 
 
 def test_client_disconnect_mid_stream_stops_generation(server: LiveServer, client: httpx.Client) -> None:
-    cancelled = server.state.stats["cancelled"]
-    started = time.monotonic()
+    cancelled, completed = server.state.stats["cancelled"], server.state.stats["completed"]
     with open_stream(client):
         assert server.state.slots.running == 1
+    # counted as cancelled, not completed: it stopped early instead of running its 1,500 tokens
     server.wait_until(lambda: server.state.stats["cancelled"] == cancelled + 1, "the generation to be cancelled")
-    assert server.state.slots.running == 0 and time.monotonic() - started < 10
+    assert server.state.slots.running == 0 and server.state.stats["completed"] == completed
     assert post(client, "/v1/completions", prompt="Hi", max_tokens=2).status_code == 200
 
 
@@ -388,10 +396,9 @@ def test_event_loop_answers_during_generation_and_non_stream_disconnect_cancels(
                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         server.wait_until(lambda: server.state.slots.running == 1, "the generation to start")
         with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as http:
-            started = time.monotonic()
             health = http.get("/health")
+            # running 1 in the answer: the loop answered while the generation held its slot, not after it
             assert health.status_code == 200 and health.json()["running"] == 1
-            assert time.monotonic() - started < 1.0  # answered while the generation runs
     server.wait_until(lambda: server.state.stats["cancelled"] == cancelled + 1, "the cancellation")
     assert server.state.slots.running == 0
 
@@ -419,9 +426,7 @@ def test_openai_client_chats_streams_and_lists_models(server: LiveServer, serve_
 # --- The CLI ------------------------------------------------------------------------------------------------------
 
 def test_cli_serves_prints_where_and_stops_on_ctrl_c(serve_model_dir: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen([sys.executable, "scripts/06_serve.py", "--model_path", str(serve_model_dir),
                                 "--mode", "api", "--port", str(port), "--cpu_threads", "1"], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

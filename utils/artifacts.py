@@ -58,13 +58,42 @@ def _fsync_tree(directory: Path) -> None:
                 os.fsync(fh.fileno())
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _clear_leftovers(final: Path) -> None:
+    """Remove the `.<name>.tmp-<pid>` / `.<name>.old-<pid>` directories of killed writers of `final` (a SIGKILL runs
+    no cleanup); a writer killed between its two renames left no `final`: its `.old-<pid>` is put back."""
+    prefix = f".{final.name}."
+    for path in final.parent.iterdir():
+        kind, _, pid = path.name[len(prefix):].partition("-")
+        if not path.name.startswith(prefix) or kind not in ("tmp", "old") or not pid.isdigit() \
+                or _pid_alive(int(pid)):
+            continue
+        if kind == "old" and not final.exists():
+            os.replace(path, final)
+            log.warning("restored %s from %s (its writer was killed while swapping it)", final, path.name)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s, left by a killed writer", path)
+
+
 @contextlib.contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `final`, on any error it is removed.
 
-    The previous `final` is moved aside first and deleted only after the new one is in place.
+    The previous `final` is moved aside first and deleted only after the new one is in place. What a killed
+    writer of `final` left behind is cleared first.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(final)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -28,7 +28,8 @@ GPU_PEAK_TFLOPS = {
     "A100": 312.0, "A10G": 70.0, "A10": 125.0, "L40S": 362.1, "L40": 181.0, "L4": 121.0,
     "RTX 4090": 165.2, "RTX 4080": 97.5, "RTX 3090": 71.0, "RTX A6000": 154.8, "V100": 125.0, "T4": 65.0,
 }
-CPU_PROBE_SIZE = 2048
+CPU_PROBE_SIZES = (256, 512, 1024, 2048)  # square matmuls, measured up to the first slow one
+CPU_PROBE_SLOW_S = 0.1  # a bf16 matmul of 2048 takes ~50 s on an AVX2-only CPU: stop growing after such a size
 CPU_PROBE_REPEATS = 5
 KIB = 1024
 
@@ -52,17 +53,29 @@ def gpu_peak_flops(device_name: str) -> float | None:
     return None
 
 
-def cpu_peak_flops(dtype: torch.dtype) -> float:
-    """Measured matmul throughput of this CPU at `dtype` (the best of a few runs): our practical ceiling."""
-    a = torch.randn(CPU_PROBE_SIZE, CPU_PROBE_SIZE, dtype=dtype)
-    b = torch.randn(CPU_PROBE_SIZE, CPU_PROBE_SIZE, dtype=dtype)
-    torch.mm(a, b)  # warm-up
+def _matmul_seconds(size: int, dtype: torch.dtype) -> float:
+    """The best of a few timings of one square matmul (after a warm-up). Its own generator: how many sizes run
+    depends on timing, and the training RNG stream must not."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, dtype=dtype, generator=generator)
+    torch.mm(a, b)
     best = float("inf")
     for _ in range(CPU_PROBE_REPEATS):
         start = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
-    return 2 * CPU_PROBE_SIZE**3 / best
+    return best
+
+
+def cpu_peak_flops(dtype: torch.dtype) -> float:
+    """Measured matmul throughput of this CPU at `dtype`: our practical ceiling. Sizes grow while a matmul stays
+    quick, so the probe reaches 2048 where the CPU is fast and takes seconds, not minutes, where it is slow."""
+    for size in CPU_PROBE_SIZES:
+        seconds = _matmul_seconds(size, dtype)
+        if seconds > CPU_PROBE_SLOW_S:
+            break
+    return 2 * size**3 / seconds
 
 
 def device_peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float | None, str]:

@@ -1,0 +1,21 @@
+"""The shared loop's precision choice: bf16 only where it is fast, fp16 needs CUDA."""
+
+from __future__ import annotations
+
+import pytest
+
+import utils.training as training
+from utils.errors import ConfigError
+
+
+@pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "no")])
+def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch, native_bf16: bool,
+                                                         expected: str) -> None:
+    monkeypatch.setattr(training, "bf16_supported", lambda: native_bf16)
+    assert training.resolve_precision("auto", "cpu") == expected
+    assert training.resolve_precision("bf16", "cpu") == "bf16"  # asked for explicitly: honoured
+
+
+def test_fp16_on_cpu_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        training.resolve_precision("fp16", "cpu")
