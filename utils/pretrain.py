@@ -110,13 +110,13 @@ def _make_evaluator(config: PretrainConfig, accelerator: Any, val: TokenWindows,
 
     @torch.no_grad()
     def evaluate(model: Any) -> dict[str, float]:
-        """Mean loss over the fixed validation windows; `model` is the loop's unwrapped module (LM + fused loss)."""
+        """Mean loss over the fixed validation windows; `model` is the loop's unwrapped module (LM + fused loss),
+        called under the training autocast by the loop."""
         model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # summed loss, target tokens
         for batch in batches:
             batch = batch.to(accelerator.device)
-            with accelerator.autocast():
-                sums[0] += model(batch[:, :-1], batch[:, 1:].contiguous(), normalizer=1).double()
+            sums[0] += model(batch[:, :-1], batch[:, 1:].contiguous(), normalizer=1).double()
             sums[1] += batch[:, 1:].numel()
         total, tokens = accelerator.reduce(sums, reduction="sum").tolist()
         loss = total / tokens

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from utils.checkpoint import (LoadedCheckpoint, load_weights, TrainerState, check_compatible, load_checkpoint,
                               prune_checkpoints, restore_rng_state, save_checkpoint)
-from utils.environment import keep_freed_memory
+from utils.environment import cpu_bf16_native, cuda_bf16_native, keep_freed_memory
 from utils.errors import ConfigError, LumiError
 from utils.linear_cross_entropy import CausalLMLoss
 from utils.metrics import MetricsLogger, device_peak_flops, memory_mb, plot_loss
@@ -30,6 +30,8 @@ from utils.metrics import MetricsLogger, device_peak_flops, memory_mb, plot_loss
 log = logging.getLogger(__name__)
 
 MIN_LR_RATIO = 0.1  # cosine decays to 10 % of the peak learning rate
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"  # what cuBLAS documents for reproducible results
+DETERMINISM_ALERT = "use_deterministic_algorithms"  # in PyTorch's error for an op without a deterministic kernel
 OOM_ADVICE = ("out of memory. Lower --batch_size (and raise --gradient_accumulation_steps to keep the "
               "effective batch), add --gradient_checkpointing, or lower --max_length.")
 
@@ -93,24 +95,35 @@ class Evaluator:
 
 
 def resolve_precision(requested: str, device_type: str) -> str:
+    """`auto`: bf16 where the device has it in hardware; else fp16 with a grad scaler on a GPU, fp32 on a CPU
+    (emulated bf16 is slow: see utils/environment.py)."""
     if requested == "auto":
         if device_type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16"  # CPU autocast supports bf16 and is ~1.8x faster than fp32 here
+            return "bf16" if cuda_bf16_native() else "fp16"
+        return "bf16" if cpu_bf16_native() else "no"  # native bf16 measured ~1.8x faster than fp32 on a CPU
     if requested == "fp16" and device_type != "cuda":
         raise ConfigError("--mixed_precision fp16 needs a CUDA GPU; use bf16 or no on a CPU")
     return requested
 
 
 def set_determinism(enabled: bool) -> None:
+    """--deterministic: PyTorch's strict mode, so that a resumed run repeats the uninterrupted one. With
+    warn_only=True the CUDA SDPA flash and memory-efficient backwards stay non-deterministic (they only warn);
+    strict mode makes PyTorch pick their deterministic variants, flash-attn reads FLASH_ATTENTION_DETERMINISTIC
+    (transformers passes it to every call), and cuBLAS needs a fixed workspace. An op with no deterministic kernel
+    then raises, and the loop turns that into advice (--no_deterministic) at the step it happens."""
     if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
+        os.environ["FLASH_ATTENTION_DETERMINISTIC"] = "1"
+        torch.use_deterministic_algorithms(True, warn_only=False)
         # Deterministic mode also NaN-fills every new tensor, a debugging aid for kernels that read memory they
         # never wrote; ours do not, and the fill cost ~30 % of a tiny CPU step (make bench-train).
         torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     else:
+        os.environ.pop("FLASH_ATTENTION_DETERMINISTIC", None)
+        torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
 
@@ -261,6 +274,12 @@ class TrainingLoop:
                 loss, grad_norm = self._train_step()
             except torch.OutOfMemoryError as exc:
                 raise TrainingError(f"step {state.step + 1}: {OOM_ADVICE}") from exc
+            except RuntimeError as exc:
+                if DETERMINISM_ALERT not in str(exc):
+                    raise
+                raise TrainingError(f"step {state.step + 1}: {str(exc).splitlines()[0][:300]} -- an operation "
+                                    f"has no deterministic kernel on this device. Rerun with --no_deterministic "
+                                    f"(resume then continues the run, but not bit for bit)") from exc
             state.step += 1
             state.tokens_seen += tokens_per_step
             if not math.isfinite(loss):
@@ -306,13 +325,16 @@ class TrainingLoop:
     def _evaluate(self) -> None:
         unwrapped = self.lm()
         # Unwrapped: DDP's forward would broadcast buffers, a collective that processes with unequal shares of the
-        # validation windows would not all reach.
-        results = self.evaluator.evaluate(self.accelerator.unwrap_model(self.model))
+        # validation windows would not all reach. Every evaluator call runs under the training autocast: outside it
+        # the weights are fp32 and flash-attn (flash_attention_2) refuses fp32 queries.
+        with self.accelerator.autocast():
+            results = self.evaluator.evaluate(self.accelerator.unwrap_model(self.model))
         self.model.train()
         self.metrics.log("eval", self.state.step, **results)
         log.info("step %d: %s", self.state.step, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         if self.evaluator.samples is not None and self.accelerator.is_main_process:
-            self.evaluator.samples(unwrapped, self.state.step)
+            with self.accelerator.autocast():
+                self.evaluator.samples(unwrapped, self.state.step)
         if self.accelerator.is_main_process:
             plot_loss(self.metrics.path, self.context.run_dir / "loss.png", self.context.run_name)
         best = self.state.best_val_loss
@@ -323,7 +345,8 @@ class TrainingLoop:
 
     def _benchmark(self) -> None:
         assert self.evaluator.benchmark is not None
-        results = self.evaluator.benchmark(self.lm())
+        with self.accelerator.autocast():  # as in _evaluate: the training precision, never bare fp32
+            results = self.evaluator.benchmark(self.lm())
         self.model.train()
         self.metrics.log("benchmark", self.state.step, **results)
         log.info("step %d: %s", self.state.step, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
