@@ -20,6 +20,7 @@ TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)
 .PHONY: help install install-extra check-env install-flash-attn test test-fast \
         prepare prepare-demo prepare-wt2 prepare-wt103 prepare-wiki prepare-owt prepare-prose \
         pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny sft dpo \
+        pretrain-multi-gpu sft-multi-gpu dpo-multi-gpu \
         evaluate evaluate-quick evaluate-detailed assess-performance compare-lm-eval \
         session-quick session-prototype session-experiment session-evaluation session-debug session-architecture \
         session-status session-cleanup pipeline-full create-sample-datasets test-pipeline backup clean \
@@ -93,6 +94,14 @@ pretrain-base: $(STAMP) ## Pretrain base (124M) on DATA (GPU; see make bench-tra
 resume-pretrain-tiny: $(STAMP) ## Resume the tiny run from its newest complete checkpoint
 	$(PY) scripts/02_pretrain.py --config config/tiny.json --resume_from_checkpoint auto $(TRAIN_FLAGS)
 
+# --- Several GPUs of one machine: DDP through the shipped Accelerate config (FSDP/DeepSpeed are refused) -----------
+NUM_GPUS    ?= 2
+ACCELERATE_CONFIG ?= config/accelerate/ddp.yaml
+LAUNCH       = $(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_GPUS)
+
+pretrain-multi-gpu: $(STAMP) ## Pretrain PRESET (default base) with DDP on NUM_GPUS GPUs (config/accelerate/ddp.yaml)
+	$(LAUNCH) scripts/02_pretrain.py --config $(or $(PRESET),config/base.json) $(TRAIN_FLAGS)
+
 # --- Stages 03-04: fine-tuning (SFT_MODEL= SFT_DATASET= DPO_MODEL= DPO_DATASET= RUN_NAME= ARGS='<more flags>') -------
 SFT_MODEL   ?= checkpoints/pretrain/tiny/final
 SFT_DATASET ?= data/processed/demo_tiny/demo/sft_train.json
@@ -106,6 +115,14 @@ sft: $(STAMP) ## SFT of SFT_MODEL on SFT_DATASET -> checkpoints/sft/RUN_NAME (de
 
 dpo: $(STAMP) ## DPO (LoRA) of DPO_MODEL on DPO_DATASET -> checkpoints/dpo/RUN_NAME (demo: ~2 min CPU)
 	$(PY) scripts/04_dpo.py --config_path config/dpo.json --model_path $(DPO_MODEL) --dataset_path $(DPO_DATASET) \
+		--output_dir checkpoints/dpo --run_name $(RUN_NAME) $(ARGS)
+
+sft-multi-gpu: $(STAMP) ## make sft with DDP on NUM_GPUS GPUs; only the main process writes the run directory
+	$(LAUNCH) scripts/03_sft.py --config_path config/sft.json --model_path $(SFT_MODEL) --dataset_path $(SFT_DATASET) \
+		--output_dir checkpoints/sft --run_name $(RUN_NAME) $(ARGS)
+
+dpo-multi-gpu: $(STAMP) ## make dpo with DDP on NUM_GPUS GPUs
+	$(LAUNCH) scripts/04_dpo.py --config_path config/dpo.json --model_path $(DPO_MODEL) --dataset_path $(DPO_DATASET) \
 		--output_dir checkpoints/dpo --run_name $(RUN_NAME) $(ARGS)
 
 # --- Stage 05: evaluation (MODEL=<model dir> EVAL_DATA=<local data dir>) ------------------------------------

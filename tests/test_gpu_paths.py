@@ -27,6 +27,8 @@ from utils.environment import SDPA, choose_attention
 from utils.pretrain import load_pretrain_config, pretrain
 from utils.training import TrainingError, TrainingLoop, resolve_precision, set_determinism
 
+from tests.test_multiprocess import finetune_inputs  # noqa: F401  (fixture: a tiny model and SFT pairs)
+
 TRAINING = {"learning_rate": 3e-3, "warmup_steps": 1, "max_steps": 2, "batch_size": 2, "max_length": 32,
             "logging_steps": 1, "eval_steps": 2, "save_steps": 2, "eval_batches": 1, "num_samples": 1,
             "sample_max_new_tokens": 3, "seed": 3}
@@ -201,3 +203,32 @@ def test_bf16_only_where_the_hardware_has_it(monkeypatch: pytest.MonkeyPatch) ->
     assert resolve_precision("auto", "cpu") == "no"
     monkeypatch.setattr("utils.training.cpu_bf16_native", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
+
+
+def test_the_gain_is_measured_on_the_device_the_trainer_trains_on(finetune_inputs: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: after the trainer has moved the model (to the GPU), not on the CPU copy that from_pretrained gives."""
+    from utils.config import load_config
+    from utils.sft import SFT_STAGE, SFTStageConfig, run_sft
+
+    events: list[tuple[str, Any, torch.device]] = []
+    build, measure = SFT_STAGE.build_trainer, SFT_STAGE.measure
+
+    def recording_build(*args: Any) -> Any:
+        trainer = build(*args)
+        events.append(("build", trainer, trainer.args.device))
+        return trainer
+
+    def recording_measure(model: Any, *args: Any) -> Any:
+        events.append(("measure", model, next(model.parameters()).device))
+        return measure(model, *args)
+
+    monkeypatch.setattr(SFT_STAGE, "build_trainer", recording_build)
+    monkeypatch.setattr(SFT_STAGE, "measure", recording_measure)
+    run_sft(load_config(SFTStageConfig, None, {
+        "model_path": str(finetune_inputs / "final"), "dataset_path": str(finetune_inputs / "sft_train.json"),
+        "output_dir": str(tmp_path), "run_name": "run", "max_steps": 1, "batch_size": 2, "gain_eval_size": 2,
+        "gain_max_new_tokens": 2, "validation_split": 0.0, "lora_r": 4}))
+    assert [kind for kind, _, _ in events] == ["build", "measure", "measure"]
+    trainer, device = events[0][1], events[0][2]
+    assert events[1][1] is trainer.model and events[1][2] == device == events[2][2]

@@ -22,6 +22,7 @@ import torch
 from utils.artifacts import write_json
 from utils.checkpoint import TrainerState, complete_checkpoints, export_hf_model, resolve_resume_path
 from utils.config import merge_config
+from utils.distributed import refuse_unsupported_distribution
 from utils.environment import choose_attention
 from utils.errors import ConfigError
 from utils.generation import GenerationParams, generate_ids
@@ -186,6 +187,7 @@ def pretrain(preset_path: str, config: PretrainConfig, preset: ModelPreset) -> P
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    refuse_unsupported_distribution()
     info = load_dataset_info(Path(config.data_path))
     model_config, max_length = resolve_model(preset, config, info)
     run_dir = Path(config.output_dir or f"checkpoints/pretrain/{preset.name}")

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from utils.checkpoint import (LoadedCheckpoint, load_weights, TrainerState, check_compatible, load_checkpoint,
                               prune_checkpoints, restore_rng_state, save_checkpoint)
+from utils.distributed import any_process
 from utils.environment import cpu_bf16_native, cuda_bf16_native, keep_freed_memory
 from utils.errors import ConfigError, LumiError
 from utils.linear_cross_entropy import CausalLMLoss
@@ -295,7 +296,8 @@ class TrainingLoop:
                 self._log_train(window_loss / window_steps, grad_norm, window_tokens / seconds, progress)
                 window_start, window_tokens, window_steps, window_loss = time.perf_counter(), 0, 0, 0.0
             progress.update(1)
-            out_of_time = config.max_time is not None and state.elapsed_seconds >= config.max_time
+            # Every process stops at the same step, or one would wait in the next all-reduce forever.
+            out_of_time = config.max_time is not None and any_process(state.elapsed_seconds >= config.max_time)
             if out_of_time:
                 stop_reason = "max_time"
             paused = time.perf_counter()
