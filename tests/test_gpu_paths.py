@@ -232,3 +232,33 @@ def test_the_gain_is_measured_on_the_device_the_trainer_trains_on(finetune_input
     assert [kind for kind, _, _ in events] == ["build", "measure", "measure"]
     trainer, device = events[0][1], events[0][2]
     assert events[1][1] is trainer.model and events[1][2] == device == events[2][2]
+
+
+def test_device_peaks_match_exact_names_and_the_run_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    from utils.metrics import device_peak_flops, gpu_peak_flops
+
+    assert gpu_peak_flops("NVIDIA GeForce RTX 4090", torch.bfloat16, tf32=False) == pytest.approx(165.2e12)
+    for other in ("NVIDIA GeForce RTX 4090 Laptop GPU", "NVIDIA GeForce RTX 4090 D"):  # fewer SMs: not the 4090's
+        assert gpu_peak_flops(other, torch.bfloat16, tf32=False) is None
+    assert gpu_peak_flops("NVIDIA H100 PCIe", torch.bfloat16, tf32=False) == pytest.approx(756.5e12)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    cuda, matmul = torch.device("cuda"), torch.backends.cuda.matmul
+    tf32 = matmul.allow_tf32
+    try:
+        matmul.allow_tf32 = False  # --deterministic: fp32 runs are compared with the fp32 peak, not bf16's
+        assert device_peak_flops(cuda, torch.float32) == (pytest.approx(19.5e12),
+                                                          "NVIDIA A100-SXM4-80GB datasheet, fp32")
+        matmul.allow_tf32 = True
+        assert device_peak_flops(cuda, torch.float32)[0] == pytest.approx(156e12)
+        assert device_peak_flops(cuda, torch.bfloat16)[0] == pytest.approx(312e12)
+    finally:
+        matmul.allow_tf32 = tf32
+
+
+def test_the_step_logs_reserved_memory_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from utils.metrics import MIB, memory_stats
+
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * MIB)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 5 * MIB)
+    assert memory_stats(torch.device("cuda")) == {"memory_mb": 3.0, "memory_reserved_mb": 5.0}
+    assert set(memory_stats(torch.device("cpu"))) == {"memory_mb"}

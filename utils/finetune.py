@@ -31,7 +31,7 @@ from utils.checkpoint import TOKENIZER_EXTRA_FILES, CheckpointError, export_hf_m
 from utils.distributed import any_process, on_main_process, process_state, refuse_unsupported_distribution
 from utils.environment import keep_freed_memory
 from utils.errors import ConfigError, DataError
-from utils.metrics import MetricsLogger, memory_mb, plot_loss
+from utils.metrics import MetricsLogger, memory_stats, plot_loss
 from utils.model_io import ADAPTER_CONFIG, MODEL_CONFIG, has_tokenizer, load_tokenizer_from
 from utils.sft_data import seeded_split, split_count
 from utils.templates import PromptTemplate, get_template
@@ -386,7 +386,7 @@ def metrics_callback(metrics: MetricsLogger, run_dir: Path, title: str) -> Any:
                 self.summary = values
                 return
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            metrics.log(kind, state.global_step, **values, memory_mb=memory_mb(device),
+            metrics.log(kind, state.global_step, **values, **memory_stats(device),
                         elapsed_s=time.perf_counter() - self.started)
             if kind == "eval":
                 plot_loss(metrics.path, run_dir / "loss.png", title)

@@ -26,7 +26,7 @@ from utils.distributed import any_process
 from utils.environment import cpu_bf16_native, cuda_bf16_native, keep_freed_memory
 from utils.errors import ConfigError, LumiError
 from utils.linear_cross_entropy import CausalLMLoss
-from utils.metrics import MetricsLogger, device_peak_flops, memory_mb, plot_loss
+from utils.metrics import MetricsLogger, device_peak_flops, memory_stats, plot_loss
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ class TrainingLoop:
         mfu = (tokens_per_s * self.context.flops_per_token / self.peak_flops) if self.peak_flops else None
         lr = self.scheduler.get_last_lr()[0]
         self.metrics.log("train", self.state.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s,
-                         mfu=mfu, memory_mb=memory_mb(self.device), tokens_seen=self.state.tokens_seen,
+                         mfu=mfu, **memory_stats(self.device), tokens_seen=self.state.tokens_seen,
                          samples_seen=self.state.samples_seen, batch_hash=self.last_batch_hash,
                          elapsed_s=self.state.elapsed_seconds)
         progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}",
