@@ -262,3 +262,22 @@ def test_the_step_logs_reserved_memory_on_a_gpu(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 5 * MIB)
     assert memory_stats(torch.device("cuda")) == {"memory_mb": 3.0, "memory_reserved_mb": 5.0}
     assert set(memory_stats(torch.device("cpu"))) == {"memory_mb"}
+
+
+def test_the_gpu_quick_session_evaluates_a_few_times_and_can_anneal_within_its_budget() -> None:
+    from utils.session_plans import CPU_QUICK, GPU_QUICK
+
+    for budget in (CPU_QUICK, GPU_QUICK):
+        assert budget.pretrain_steps // budget.eval_steps <= 8 and budget.save_steps >= budget.eval_steps
+    assert GPU_QUICK.pretrain_steps / GPU_QUICK.pretrain_s <= 10  # steps/s the schedule needs to finish in time
+
+
+def test_a_run_stopped_by_max_time_says_how_to_anneal(tmp_path: Path, dataset: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    preset = write_preset(tmp_path)
+    preset_obj, config = load_pretrain_config(str(preset), {"data_path": str(dataset), "mixed_precision": "no",
+                                                            "output_dir": str(tmp_path / "run"), "max_steps": 50,
+                                                            "max_time": 1e-6, "num_samples": 0})
+    with caplog.at_level(logging.WARNING):
+        pretrain(str(preset), config, preset_obj)
+    assert "reached at step 1 of max_steps 50" in caplog.text and "set --max_steps to about 1" in caplog.text

@@ -309,10 +309,19 @@ class TrainingLoop:
                 self._save()
             window_start += time.perf_counter() - paused  # tokens/s measures training, not evaluation or saving
             if out_of_time:
-                log.info("max_time %.0f s reached at step %d: stopping cleanly", config.max_time, state.step)
+                self._warn_unannealed()
                 break
         progress.close()
         return self._finish(stop_reason)
+
+    def _warn_unannealed(self) -> None:
+        """max_time stopped the run before max_steps: the learning rate never decayed to its floor."""
+        config, step = self.config, self.state.step
+        lr_ratio = self.scheduler.get_last_lr()[0] / config.learning_rate
+        log.warning("max_time %.0f s reached at step %d of max_steps %d: stopping cleanly, with the learning rate "
+                    "at %.0f%% of its peak (the cosine ends at %.0f%%). For an annealed model, set --max_steps to "
+                    "about %d for this time budget", config.max_time, step, config.max_steps, 100 * lr_ratio,
+                    100 * MIN_LR_RATIO, step)
 
     def _log_train(self, loss: float, grad_norm: float, tokens_per_s: float, progress: tqdm) -> None:
         mfu = (tokens_per_s * self.context.flops_per_token / self.peak_flops) if self.peak_flops else None
