@@ -46,12 +46,17 @@ install-extra: $(STAMP) ## Optional extras: tensorboard, wandb, lm-eval (for --r
 check-env: $(STAMP) ## Print Python/torch/transformers/accelerate/peft/trl versions, CUDA, GPU, bf16, attention kernel
 	$(PY) scripts/check_env.py
 
-install-flash-attn: $(STAMP) ## Try the optional flash-attn build (CUDA only; may compile for an hour; never in CI)
-	@echo "flash-attn builds from source against your CUDA toolkit; it needs nvcc, an Ampere+ GPU and 30-60 min."
-	@echo "Without it Lumi uses PyTorch SDPA (also fused on GPU). Attempting: pip install flash-attn --no-build-isolation"
-	$(PY) -m pip install packaging ninja
-	MAX_JOBS=$${MAX_JOBS:-4} $(PY) -m pip install flash-attn --no-build-isolation || \
+FLASH_ATTN_VERSION ?= 2.8.3.post2
+install-flash-attn: $(STAMP) ## Optional flash-attn FLASH_ATTN_VERSION (CUDA only; checks nvcc first; may compile ~1 h)
+	@echo "flash-attn builds from source against your CUDA toolkit: it needs torch's CUDA build, an Ampere+ GPU and an"
+	@echo "nvcc of torch's CUDA major version. Without it Lumi uses PyTorch SDPA (also fused on a GPU)."
+	$(PY) scripts/check_env.py --flash_attn_build
+	@# --no-build-isolation builds against our torch, so the build tools must be here: flash-attn's setup.py
+	@# imports setuptools (not in 3.12+ venvs) and wheel.bdist_wheel (deprecated from wheel 0.45, hence < 0.46).
+	$(PY) -m pip install packaging ninja psutil einops setuptools "wheel<0.46"
+	MAX_JOBS=$${MAX_JOBS:-4} $(PY) -m pip install flash-attn==$(FLASH_ATTN_VERSION) --no-build-isolation || \
 		{ echo "flash-attn did not install: training will use sdpa. See README 'Troubleshooting'."; exit 1; }
+	$(PY) scripts/check_env.py
 
 test: $(STAMP) ## Run the whole test suite (<10 min on 2 CPU cores; no network)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -281,3 +281,21 @@ def test_a_run_stopped_by_max_time_says_how_to_anneal(tmp_path: Path, dataset: P
     with caplog.at_level(logging.WARNING):
         pretrain(str(preset), config, preset_obj)
     assert "reached at step 1 of max_steps 50" in caplog.text and "set --max_steps to about 1" in caplog.text
+
+
+@pytest.mark.parametrize(("release", "problem"), [("12.4", "is CUDA 12.4 but torch was built with CUDA 13.0"),
+                                                  ("13.0", None)])
+def test_the_flash_attn_build_check_finds_an_nvcc_of_another_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  release: str, problem: str | None) -> None:
+    from utils.environment import flash_attn_build_problems
+
+    nvcc = tmp_path / "bin" / "nvcc"
+    nvcc.parent.mkdir()
+    nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
+    nvcc.chmod(0o755)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    problems = flash_attn_build_problems()
+    assert (problem in problems[0]) if problem else problems == []

@@ -5,7 +5,12 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import logging
+import os
 import platform
+import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -17,6 +22,8 @@ SDPA = "sdpa"
 FLASH_ATTN_MIN_CAPABILITY = (8, 0)
 FLASH_ATTN_MIN_VERSION = "2.3.3"
 FLASH_ATTN_PROBE_HEAD_DIM = 64
+DEFAULT_CUDA_HOME = Path("/usr/local/cuda")
+NVCC_RELEASE_RE = re.compile(r"release (\d+\.\d+)")
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -78,6 +85,48 @@ def choose_attention(no_flash_attn: bool = False) -> str:
     if package_version("flash-attn") is not None:
         log.warning("attention: using sdpa, not flash_attention_2: %s", problem)
     return SDPA
+
+
+def nvcc_path() -> Path | None:
+    """The nvcc a source build of flash-attn would use: $CUDA_HOME/bin, then PATH, then /usr/local/cuda/bin."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    candidates = [Path(home) / "bin" / "nvcc"] if home else []
+    found = shutil.which("nvcc")
+    candidates += [Path(found)] if found else []
+    candidates.append(DEFAULT_CUDA_HOME / "bin" / "nvcc")
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def nvcc_release(nvcc: Path) -> str | None:
+    """'12.4' from `nvcc --version` ('Cuda compilation tools, release 12.4, V12.4.131'), or None."""
+    output = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, check=False).stdout
+    match = NVCC_RELEASE_RE.search(output)
+    return match.group(1) if match else None
+
+
+def flash_attn_build_problems() -> list[str]:
+    """What would make `make install-flash-attn` fail after a long compile, found before it starts."""
+    import torch
+
+    problems = []
+    if torch.version.cuda is None:
+        problems.append(f"torch {torch.__version__} is a CPU build: flash-attn needs PyTorch's CUDA build (on Linux, "
+                        f"pip install -r requirements.txt gives it)")
+    if not torch.cuda.is_available():
+        problems.append("no CUDA GPU is visible (nvidia-smi should list one)")
+    elif torch.cuda.get_device_capability() < FLASH_ATTN_MIN_CAPABILITY:
+        problems.append(f"{flash_attn_problem()}: use SDPA (the default without flash-attn)")
+    nvcc = nvcc_path()
+    if nvcc is None:
+        problems.append(f"nvcc not found (CUDA_HOME, PATH, {DEFAULT_CUDA_HOME}): install the CUDA toolkit "
+                        f"{torch.version.cuda or ''} and put its bin/ on PATH or set CUDA_HOME")
+        return problems
+    release = nvcc_release(nvcc)
+    if torch.version.cuda and release and release.split(".")[0] != torch.version.cuda.split(".")[0]:
+        problems.append(f"{nvcc} is CUDA {release} but torch was built with CUDA {torch.version.cuda}: PyTorch's "
+                        f"extension builder refuses a different major version; install toolkit "
+                        f"{torch.version.cuda.split('.')[0]}.x and set CUDA_HOME to it")
+    return problems
 
 
 def keep_freed_memory() -> bool:
