@@ -25,7 +25,7 @@ TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)
         session-quick session-prototype session-experiment session-evaluation session-debug session-architecture \
         session-status session-cleanup pipeline-full create-sample-datasets test-pipeline backup clean \
         clean-checkpoints monitor config-rtx4090 bench bench-data bench-train \
-        serve serve-api bench-serve bench-finetune
+        serve serve-api bench-serve bench-finetune gpu-check gpu-check-wheels
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -57,6 +57,21 @@ install-flash-attn: $(STAMP) ## Optional flash-attn FLASH_ATTN_VERSION (CUDA onl
 	MAX_JOBS=$${MAX_JOBS:-4} $(PY) -m pip install flash-attn==$(FLASH_ATTN_VERSION) --no-build-isolation || \
 		{ echo "flash-attn did not install: training will use sdpa. See README 'Troubleshooting'."; exit 1; }
 	$(PY) scripts/check_env.py
+
+# --- GPU acceptance (utils/gpu_check.py) ---------------------------------------------------------------------
+# gpu-check never installs: on a machine with its own torch and no network (the device machine) it runs with
+# GPU_PY=python3 and the pins of requirements-device.txt carried as wheels (scripts/gpu_check.py says how).
+GPU_PY      ?= $(if $(wildcard $(PY)),$(PY),python3)
+WHEEL_DIR   ?= .whl
+DEVICE_WHEEL_TAGS = --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	--platform manylinux1_x86_64
+
+gpu-check: ## GPU acceptance: every CUDA path, one table + gpu_check.json (<=10 min H100; ARGS='--dry_run' on a CPU)
+	HF_HUB_OFFLINE=1 $(GPU_PY) scripts/gpu_check.py $(ARGS)
+
+gpu-check-wheels: $(STAMP) ## Download requirements-device.txt as CPython 3.12 wheels into .whl/ for the device machine
+	$(PY) -m pip download --no-deps --only-binary=:all: $(DEVICE_WHEEL_TAGS) -d $(WHEEL_DIR) -r requirements-device.txt
 
 test: $(STAMP) ## Run the whole test suite (<10 min on 2 CPU cores; no network)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -37,7 +37,8 @@ def finetune_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dataset = prepare_dataset(DataConfig(name="demo", source="demo", demo_num_stories=300, vocab_size=400,
                                          num_workers=0, output_dir=str(root)))
     torch.manual_seed(0)
-    build_model(ModelConfig(**TINY_SHAPE), bos_token_id=1, eos_token_id=2, pad_token_id=3).save_pretrained(root / "final")
+    model = build_model(ModelConfig(**TINY_SHAPE), bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    model.save_pretrained(root / "final")
     for path in (dataset / "tokenizer").iterdir():
         shutil.copy2(path, root / "final" / path.name)
     (root / "final" / "meta.json").write_text(json.dumps({"stage": "pretrain", "dataset": str(dataset)}))

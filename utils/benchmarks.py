@@ -437,7 +437,7 @@ TRAIN_DATA_VOCAB = 1024
 TRAIN_WARMUP_STEPS = 2  # the first step allocates optimizer state (and compiles under --compile)
 TRAIN_ROUNDS = 8
 TRAIN_STEPS_PER_ROUND = 1
-TRAIN_PRECISION_NAMES = {"bf16": "bf16", "no": "fp32"}
+TRAIN_PRECISION_NAMES = {"bf16": "bf16", "fp16": "fp16", "no": "fp32"}
 TERA = 1e12
 MIB = 2**20
 

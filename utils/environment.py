@@ -50,8 +50,9 @@ def flash_attn_problem() -> str | None:
         return "no CUDA device"
     capability = torch.cuda.get_device_capability()
     if capability < FLASH_ATTN_MIN_CAPABILITY:
+        needed = ".".join(map(str, FLASH_ATTN_MIN_CAPABILITY))
         return (f"{torch.cuda.get_device_name()} has compute capability {capability[0]}.{capability[1]}; "
-                f"FlashAttention-2 needs {FLASH_ATTN_MIN_CAPABILITY[0]}.{FLASH_ATTN_MIN_CAPABILITY[1]} (Ampere) or newer")
+                f"FlashAttention-2 needs {needed} (Ampere) or newer")
     from transformers.utils import is_flash_attn_2_available
 
     if not is_flash_attn_2_available():

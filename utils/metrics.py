@@ -8,6 +8,7 @@ backward). The peak comes from a table of dense datasheet figures per exact GPU 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import resource
@@ -44,7 +45,8 @@ _V100_PCIE = GpuPeak(112.0, None, 14.0)
 GPU_PEAKS = {
     "NVIDIA H100 80GB HBM3": _H100_SXM, "NVIDIA H100 PCIe": GpuPeak(756.5, 378.0, 51.2), "NVIDIA H200": _H100_SXM,
     "NVIDIA A100-SXM4-80GB": _A100, "NVIDIA A100-SXM4-40GB": _A100, "NVIDIA A100-PCIE-40GB": _A100,
-    "NVIDIA A100 80GB PCIe": _A100, "NVIDIA L40S": GpuPeak(362.05, 183.0, 91.6), "NVIDIA L40": GpuPeak(181.05, 90.5, 90.5),
+    "NVIDIA A100 80GB PCIe": _A100, "NVIDIA L40S": GpuPeak(362.05, 183.0, 91.6),
+    "NVIDIA L40": GpuPeak(181.05, 90.5, 90.5),
     "NVIDIA L4": GpuPeak(121.0, 60.0, 30.3), "NVIDIA A10": GpuPeak(125.0, 62.5, 31.2),
     "NVIDIA GeForce RTX 4090": GpuPeak(165.2, 82.6, 82.6), "NVIDIA GeForce RTX 4080": GpuPeak(97.5, 48.7, 48.7),
     "NVIDIA GeForce RTX 3090": GpuPeak(71.0, 35.6, 35.6), "NVIDIA RTX A6000": GpuPeak(154.8, 77.4, 38.7),
@@ -80,6 +82,7 @@ def gpu_peak_flops(device_name: str, dtype: torch.dtype, tf32: bool) -> float | 
     return (peak.tf32 if tf32 and peak.tf32 is not None else peak.fp32) * TERA
 
 
+@functools.cache  # once per process and dtype: gpu-check builds several training loops in one process
 def cpu_peak_flops(dtype: torch.dtype) -> float:
     """Measured matmul throughput of this CPU at `dtype` (the best of a few runs): our practical ceiling."""
     a = torch.randn(CPU_PROBE_SIZE, CPU_PROBE_SIZE, dtype=dtype)
