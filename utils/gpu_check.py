@@ -340,7 +340,7 @@ def _loss_run(loss_fn: Callable[[Any, Any], Any], hidden: Any, weight: Any, devi
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         peak = (torch.cuda.max_memory_allocated() - base) / MIB if cuda else None
-        result = {"loss": float(loss), "grad_hidden": h.grad.float(), "grad_weight": w.grad.float(), "peak_mib": peak}
+        result = {"loss": loss.item(), "grad_hidden": h.grad.float(), "grad_weight": w.grad.float(), "peak_mib": peak}
     return {**result, "seconds": statistics.median(times[1:])}
 
 
