@@ -23,11 +23,12 @@ TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)
 .PHONY: help install install-extra check-env install-flash-attn test test-fast \
         prepare prepare-demo prepare-tinystories prepare-fineweb prepare-wt2 prepare-wt103 prepare-wiki prepare-owt prepare-prose \
         pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny sft dpo sft-alpaca dpo-hh \
+        pretrain-multi-gpu sft-multi-gpu dpo-multi-gpu \
         evaluate evaluate-quick evaluate-detailed assess-performance compare-lm-eval \
         session-quick session-prototype session-experiment session-evaluation session-debug session-architecture \
         session-status session-cleanup pipeline-full create-sample-datasets test-pipeline backup clean \
         clean-checkpoints monitor config-rtx4090 bench bench-data bench-train \
-        serve serve-api bench-serve bench-finetune
+        serve serve-api bench-serve bench-finetune gpu-check gpu-check-wheels
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -48,12 +49,32 @@ install-extra: $(STAMP) ## Optional extras: tensorboard, wandb, lm-eval (for --r
 check-env: $(STAMP) ## Print Python/torch/transformers/accelerate/peft/trl versions, CUDA, GPU, bf16, attention kernel
 	$(PY) scripts/check_env.py
 
-install-flash-attn: $(STAMP) ## Try the optional flash-attn build (CUDA only; may compile for an hour; never in CI)
-	@echo "flash-attn builds from source against your CUDA toolkit; it needs nvcc, an Ampere+ GPU and 30-60 min."
-	@echo "Without it Lumi uses PyTorch SDPA (also fused on GPU). Attempting: pip install flash-attn --no-build-isolation"
-	$(PY) -m pip install packaging ninja
-	MAX_JOBS=$${MAX_JOBS:-4} $(PY) -m pip install flash-attn --no-build-isolation || \
+FLASH_ATTN_VERSION ?= 2.8.3.post2
+install-flash-attn: $(STAMP) ## Optional flash-attn FLASH_ATTN_VERSION (CUDA only; checks nvcc first; may compile ~1 h)
+	@echo "flash-attn builds from source against your CUDA toolkit: it needs torch's CUDA build, an Ampere+ GPU and an"
+	@echo "nvcc of torch's CUDA major version. Without it Lumi uses PyTorch SDPA (also fused on a GPU)."
+	$(PY) scripts/check_env.py --flash_attn_build
+	@# --no-build-isolation builds against our torch, so the build tools must be here: flash-attn's setup.py
+	@# imports setuptools (not in 3.12+ venvs) and wheel.bdist_wheel (deprecated from wheel 0.45, hence < 0.46).
+	$(PY) -m pip install packaging ninja psutil einops setuptools "wheel<0.46"
+	MAX_JOBS=$${MAX_JOBS:-4} $(PY) -m pip install flash-attn==$(FLASH_ATTN_VERSION) --no-build-isolation || \
 		{ echo "flash-attn did not install: training will use sdpa. See README 'Troubleshooting'."; exit 1; }
+	$(PY) scripts/check_env.py
+
+# --- GPU acceptance (utils/gpu_check.py) ---------------------------------------------------------------------
+# gpu-check never installs: on a machine with its own torch and no network (the device machine) it runs with
+# GPU_PY=python3 and the pins of requirements-device.txt carried as wheels (scripts/gpu_check.py says how).
+GPU_PY      ?= $(if $(wildcard $(PY)),$(PY),python3)
+WHEEL_DIR   ?= .whl
+DEVICE_WHEEL_TAGS = --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	--platform manylinux1_x86_64
+
+gpu-check: ## GPU acceptance: every CUDA path, one table + gpu_check.json (<=10 min H100; ARGS='--dry_run' on a CPU)
+	HF_HUB_OFFLINE=1 $(GPU_PY) scripts/gpu_check.py $(ARGS)
+
+gpu-check-wheels: $(STAMP) ## Download requirements-device.txt as CPython 3.12 wheels into .whl/ for the device machine
+	$(PY) -m pip download --no-deps --only-binary=:all: $(DEVICE_WHEEL_TAGS) -d $(WHEEL_DIR) -r requirements-device.txt
 
 test: $(STAMP) ## Run the whole test suite (<10 min on 2 CPU cores; no network; LUMI_DATA_DIR=<test data> for all)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
@@ -102,6 +123,14 @@ pretrain-base: $(STAMP) ## Pretrain base (124M) on DATA (GPU; see make bench-tra
 resume-pretrain-tiny: $(STAMP) ## Resume the tiny run from its newest complete checkpoint
 	$(PY) scripts/02_pretrain.py --config config/tiny.json --resume_from_checkpoint auto $(TRAIN_FLAGS)
 
+# --- Several GPUs of one machine: DDP through the shipped Accelerate config (FSDP/DeepSpeed are refused) -----------
+NUM_GPUS    ?= 2
+ACCELERATE_CONFIG ?= config/accelerate/ddp.yaml
+LAUNCH       = $(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_GPUS)
+
+pretrain-multi-gpu: $(STAMP) ## Pretrain PRESET (default base) with DDP on NUM_GPUS GPUs (config/accelerate/ddp.yaml)
+	$(LAUNCH) scripts/02_pretrain.py --config $(or $(PRESET),config/base.json) $(TRAIN_FLAGS)
+
 # --- Stages 03-04: fine-tuning (SFT_MODEL= SFT_DATASET= DPO_MODEL= DPO_DATASET= RUN_NAME= ARGS='<more flags>') -------
 SFT_MODEL   ?= checkpoints/pretrain/tiny/final
 SFT_DATASET ?= data/processed/demo_tiny/demo/sft_train.json
@@ -123,6 +152,14 @@ sft-alpaca: $(STAMP) ## SFT of SFT_MODEL on tatsu-lab/alpaca from the hub (confi
 
 dpo-hh: $(STAMP) ## DPO (LoRA) of DPO_MODEL on Anthropic/hh-rlhf from the hub (config/dpo_hh_rlhf.json; GPU)
 	$(PY) scripts/04_dpo.py --config_path config/dpo_hh_rlhf.json --model_path $(DPO_MODEL) --dataset_path Anthropic/hh-rlhf \
+		--output_dir checkpoints/dpo --run_name $(RUN_NAME) $(ARGS)
+
+sft-multi-gpu: $(STAMP) ## make sft with DDP on NUM_GPUS GPUs; only the main process writes the run directory
+	$(LAUNCH) scripts/03_sft.py --config_path config/sft.json --model_path $(SFT_MODEL) --dataset_path $(SFT_DATASET) \
+		--output_dir checkpoints/sft --run_name $(RUN_NAME) $(ARGS)
+
+dpo-multi-gpu: $(STAMP) ## make dpo with DDP on NUM_GPUS GPUs
+	$(LAUNCH) scripts/04_dpo.py --config_path config/dpo.json --model_path $(DPO_MODEL) --dataset_path $(DPO_DATASET) \
 		--output_dir checkpoints/dpo --run_name $(RUN_NAME) $(ARGS)
 
 # --- Stage 05: evaluation (MODEL=<model dir>; data from the hub, the LUMI_DATA_DIR mirror, or EVAL_DATA=<dir>) -----

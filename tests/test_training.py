@@ -11,7 +11,7 @@ from utils.errors import ConfigError
 @pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "no")])
 def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch, native_bf16: bool,
                                                          expected: str) -> None:
-    monkeypatch.setattr(training, "bf16_supported", lambda: native_bf16)
+    monkeypatch.setattr(training, "cpu_bf16_native", lambda: native_bf16)
     assert training.resolve_precision("auto", "cpu") == expected
     assert training.resolve_precision("bf16", "cpu") == "bf16"  # asked for explicitly: honoured
 

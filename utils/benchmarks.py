@@ -440,7 +440,7 @@ TRAIN_DATA_VOCAB = 1024
 TRAIN_WARMUP_STEPS = 2  # the first step allocates optimizer state (and compiles under --compile)
 TRAIN_ROUNDS = 8
 TRAIN_STEPS_PER_ROUND = 1
-TRAIN_PRECISION_NAMES = {"bf16": "bf16", "no": "fp32"}
+TRAIN_PRECISION_NAMES = {"bf16": "bf16", "fp16": "fp16", "no": "fp32"}
 TERA = 1e12
 MIB = 2**20
 
@@ -489,6 +489,7 @@ class TrainCaseResult:
     peak_memory_mib: float
     checkpoint_save_s: list[float]
     checkpoint_mib: float | None
+    peak_reserved_mib: float | None = None  # what the CUDA caching allocator held at peak (None on a CPU)
     ours_tokens_per_s: float = field(init=False)
     reference_tokens_per_s: float | None = field(init=False)
     ours_mfu: float | None = field(init=False)
@@ -783,14 +784,14 @@ def _train_checkpoint_saves(loop: Any, run_dir: Path, count: int, limit_s: float
 
 def train_measure_case(case: TrainCase, data_path: Path) -> TrainCaseResult:
     """Warm up ours, note its peak memory (before the reference exists), then time ours and the reference."""
-    from utils.metrics import memory_mb
+    from utils.metrics import memory_stats
 
     with tempfile.TemporaryDirectory(prefix="lumi-bench-train-") as run_dir:
         loop = train_pipeline_loop(case, data_path, Path(run_dir))
         # The loop's own step, private but exactly what `TrainingLoop.run` calls: data, forward, backward, clip, step.
         ours = loop._train_step
         warmup = _train_time_steps(ours, TRAIN_WARMUP_STEPS, loop.device)
-        memory = memory_mb(loop.device)
+        memory = memory_stats(loop.device)
         steps: dict[str, Callable[[], object]] = {"ours": ours}
         reference_first = None
         shape = ModelConfig(**loop.context.model_shape)
@@ -805,7 +806,7 @@ def train_measure_case(case: TrainCase, data_path: Path) -> TrainCaseResult:
         saves, size = _train_checkpoint_saves(loop, Path(run_dir), case.checkpoint_saves, limit)
     return TrainCaseResult(case, count_parameters(shape).total, loop.context.flops_per_token, loop.peak_flops,
                            loop.peak_source, warmup[0], reference_first, times["ours"], times.get("reference", []),
-                           memory, saves, size)
+                           memory["memory_mb"], saves, size, memory.get("memory_reserved_mb"))
 
 
 def train_run_case(case: TrainCase, data_path: Path) -> TrainCaseResult:
@@ -854,10 +855,12 @@ def _train_speed_table(results: Sequence[TrainCaseResult]) -> str:
     rows = [[r.case.label, _number(r.params / MB, 1), _number(r.ours_tokens_per_s, 0), _percent(r.ours_mfu),
              _number(r.reference_tokens_per_s, 0), _percent(r.reference_mfu), _number(r.ratio, 2),
              _number(r.best_ratio, 2), _number(r.peak_flops / TERA if r.peak_flops else None, 2),
-             f"{r.first_step_s:.1f} / {_number(r.reference_first_step_s, 1)}", _number(r.peak_memory_mib, 0)]
+             f"{r.first_step_s:.1f} / {_number(r.reference_first_step_s, 1)}", _number(r.peak_memory_mib, 0),
+             _number(r.peak_reserved_mib, 0)]
             for r in results]
     return format_table(["configuration (batch x seq)", "params M", "ours tok/s", "ours MFU", "ref tok/s", "ref MFU",
-                         "ours/ref", "best ours/ref", "peak TFLOP/s", "1st step s ours/ref", "peak MiB"], rows)
+                         "ours/ref", "best ours/ref", "peak TFLOP/s", "1st step s ours/ref", "peak MiB",
+                         "reserved MiB"], rows)
 
 
 def _train_checkpoint_table(results: Sequence[TrainCaseResult]) -> str:
@@ -885,7 +888,8 @@ def _train_notes(result: TrainBenchResult) -> str:
         f"tokens/s from the median of {steps} steps each, timed in alternating blocks of {TRAIN_STEPS_PER_ROUND} "
         f"after {TRAIN_WARMUP_STEPS} warm-up steps; targets use the medians, 'best ours/ref' compares the fastest "
         f"step of each (the one least slowed by other work). peak MiB: the process's peak RSS (CPU) or max "
-        f"allocated (GPU) after our warm-up, before the reference is built.",
+        f"allocated (GPU) after our warm-up, before the reference is built; reserved MiB: the CUDA caching "
+        f"allocator's peak (GPU only).",
         "MFU = tokens/s x (6 x matmul params + 12 x layers x heads x head_dim x seq) / peak; peak: "
         + "; ".join(sources) + ".",
     ])

@@ -83,12 +83,21 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
+    """Every RNG as saved. CUDA states are restored for the GPUs visible now: set_rng_state_all with more saved
+    states than devices fails on an invalid device index, so a resume on fewer GPUs restores the first ones and
+    says that the run can no longer be exact."""
     random.setstate(state["python"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy(), *rest))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state["cuda"]
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if saved and len(saved) != visible:
+        log.warning("the checkpoint holds CUDA RNG states of %d GPU(s), %d are visible now: restoring %d; "
+                    "dropout draws on the others will differ from the uninterrupted run", len(saved), visible,
+                    min(len(saved), visible))
+    for index, cuda_state in enumerate(saved[:visible]):
+        torch.cuda.set_rng_state(cuda_state, index)
 
 
 def _fsync(path: Path) -> None:
@@ -211,15 +220,22 @@ class LoadedCheckpoint:
     meta: dict[str, Any]
 
 
+def _load_on_cpu(path: Path) -> Any:
+    """Tensors land in host memory whatever device saved them: a GPU checkpoint resumes on a machine without that
+    GPU, and under torchrun no process loads rank 0's AdamW state onto GPU 0. Optimizer.load_state_dict moves the
+    state to each parameter's device."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(path: Path, process_index: int) -> LoadedCheckpoint:
     rng_path = path / _rng_file(process_index)
     scaler_path = path / SCALER_FILE
     return LoadedCheckpoint(
         path=path,
-        optimizer_state=torch.load(path / OPTIMIZER_FILE, weights_only=True),
-        scheduler_state=torch.load(path / SCHEDULER_FILE, weights_only=True),
-        scaler_state=torch.load(scaler_path, weights_only=True) if scaler_path.is_file() else None,
-        rng_state=torch.load(rng_path, weights_only=True) if rng_path.is_file() else None,
+        optimizer_state=_load_on_cpu(path / OPTIMIZER_FILE),
+        scheduler_state=_load_on_cpu(path / SCHEDULER_FILE),
+        scaler_state=_load_on_cpu(scaler_path) if scaler_path.is_file() else None,
+        rng_state=_load_on_cpu(rng_path) if rng_path.is_file() else None,
         state=TrainerState(**read_json(path / STATE_FILE)),
         model_config=read_json(path / MODEL_CONFIG_FILE),
         meta=read_json(path / "meta.json"),

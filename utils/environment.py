@@ -5,7 +5,12 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import logging
+import os
 import platform
+import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -13,8 +18,12 @@ log = logging.getLogger(__name__)
 PACKAGES = ("torch", "transformers", "accelerate", "peft", "trl", "datasets", "tokenizers", "sentencepiece")
 FLASH_ATTENTION = "flash_attention_2"
 SDPA = "sdpa"
-# FlashAttention-2 needs an Ampere or newer GPU (compute capability 8.0+).
+# FlashAttention-2 needs an Ampere or newer GPU (compute capability 8.0+); transformers accepts flash-attn >= 2.3.3.
 FLASH_ATTN_MIN_CAPABILITY = (8, 0)
+FLASH_ATTN_MIN_VERSION = "2.3.3"
+FLASH_ATTN_PROBE_HEAD_DIM = 64
+DEFAULT_CUDA_HOME = Path("/usr/local/cuda")
+NVCC_RELEASE_RE = re.compile(r"release (\d+\.\d+)")
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -28,21 +37,97 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def flash_attn_usable() -> bool:
-    """flash-attn must import (transformers checks the version too) and the GPU must be Ampere or newer."""
+def flash_attn_problem() -> str | None:
+    """Why `flash_attention_2` cannot train here, or None when it can.
+
+    transformers' `is_flash_attn_2_available()` reads package metadata only: a flash-attn wheel built for another
+    torch or CUDA passes it and then fails when the model is built. So the modules transformers will import are
+    imported here, and one tiny kernel call catches a build without this GPU's architecture.
+    """
     import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    capability = torch.cuda.get_device_capability()
+    if capability < FLASH_ATTN_MIN_CAPABILITY:
+        needed = ".".join(map(str, FLASH_ATTN_MIN_CAPABILITY))
+        return (f"{torch.cuda.get_device_name()} has compute capability {capability[0]}.{capability[1]}; "
+                f"FlashAttention-2 needs {needed} (Ampere) or newer")
     from transformers.utils import is_flash_attn_2_available
 
-    if not (torch.cuda.is_available() and is_flash_attn_2_available()):
-        return False
-    return torch.cuda.get_device_capability() >= FLASH_ATTN_MIN_CAPABILITY
+    if not is_flash_attn_2_available():
+        return f"flash-attn >= {FLASH_ATTN_MIN_VERSION} is not installed (make install-flash-attn)"
+    try:
+        # What transformers imports for flash_attention_2 (modeling_flash_attention_utils._lazy_imports).
+        from flash_attn import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache  # noqa: F401
+        from flash_attn.bert_padding import pad_input, unpad_input  # noqa: F401
+
+        probe = torch.zeros(1, 1, 1, FLASH_ATTN_PROBE_HEAD_DIM, dtype=torch.bfloat16, device="cuda")
+        flash_attn_func(probe, probe, probe)
+    except (ImportError, OSError, RuntimeError) as exc:
+        return (f"flash-attn is installed but unusable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); it "
+                f"was probably built for another torch or CUDA: rebuild it with make install-flash-attn, or train "
+                f"with --no_flash_attn")
+    return None
+
+
+def flash_attn_usable() -> bool:
+    return flash_attn_problem() is None
 
 
 def choose_attention(no_flash_attn: bool = False) -> str:
-    """`flash_attention_2` when installed and supported, else PyTorch SDPA; `--no_flash_attn` forces SDPA."""
+    """`flash_attention_2` when it imports and runs on this GPU, else PyTorch SDPA; `--no_flash_attn` forces SDPA.
+    An installed but broken flash-attn is a warning, never a crash."""
     if no_flash_attn:
         return SDPA
-    return FLASH_ATTENTION if flash_attn_usable() else SDPA
+    problem = flash_attn_problem()
+    if problem is None:
+        return FLASH_ATTENTION
+    if package_version("flash-attn") is not None:
+        log.warning("attention: using sdpa, not flash_attention_2: %s", problem)
+    return SDPA
+
+
+def nvcc_path() -> Path | None:
+    """The nvcc a source build of flash-attn would use: $CUDA_HOME/bin, then PATH, then /usr/local/cuda/bin."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    candidates = [Path(home) / "bin" / "nvcc"] if home else []
+    found = shutil.which("nvcc")
+    candidates += [Path(found)] if found else []
+    candidates.append(DEFAULT_CUDA_HOME / "bin" / "nvcc")
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def nvcc_release(nvcc: Path) -> str | None:
+    """'12.4' from `nvcc --version` ('Cuda compilation tools, release 12.4, V12.4.131'), or None."""
+    output = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, check=False).stdout
+    match = NVCC_RELEASE_RE.search(output)
+    return match.group(1) if match else None
+
+
+def flash_attn_build_problems() -> list[str]:
+    """What would make `make install-flash-attn` fail after a long compile, found before it starts."""
+    import torch
+
+    problems = []
+    if torch.version.cuda is None:
+        problems.append(f"torch {torch.__version__} is a CPU build: flash-attn needs PyTorch's CUDA build (on Linux, "
+                        f"pip install -r requirements.txt gives it)")
+    if not torch.cuda.is_available():
+        problems.append("no CUDA GPU is visible (nvidia-smi should list one)")
+    elif torch.cuda.get_device_capability() < FLASH_ATTN_MIN_CAPABILITY:
+        problems.append(f"{flash_attn_problem()}: use SDPA (the default without flash-attn)")
+    nvcc = nvcc_path()
+    if nvcc is None:
+        problems.append(f"nvcc not found (CUDA_HOME, PATH, {DEFAULT_CUDA_HOME}): install the CUDA toolkit "
+                        f"{torch.version.cuda or ''} and put its bin/ on PATH or set CUDA_HOME")
+        return problems
+    release = nvcc_release(nvcc)
+    if torch.version.cuda and release and release.split(".")[0] != torch.version.cuda.split(".")[0]:
+        problems.append(f"{nvcc} is CUDA {release} but torch was built with CUDA {torch.version.cuda}: PyTorch's "
+                        f"extension builder refuses a different major version; install toolkit "
+                        f"{torch.version.cuda.split('.')[0]}.x and set CUDA_HOME to it")
+    return problems
 
 
 def keep_freed_memory() -> bool:
@@ -62,21 +147,34 @@ def keep_freed_memory() -> bool:
     return applied
 
 
-def bf16_supported() -> bool:
-    """bf16 that is fast here: a CUDA GPU with bf16, or a CPU on which oneDNN runs bf16 matmuls with AVX-512/AMX.
-    CPU autocast accepts bf16 everywhere, but on an AVX2-only CPU it emulates the matmuls: measured on a 2-core
-    AVX2 EPYC, 0.3-0.9 GFLOP/s against 25 in fp32."""
+def cuda_bf16_native() -> bool:
+    """bf16 in hardware (compute capability 8.0+). torch.cuda.is_bf16_supported() also counts the emulation that
+    T4s and V100s run slowly; those GPUs get fp16 with a grad scaler instead."""
     import torch
 
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def cpu_bf16_native() -> bool:
+    """bf16 matmuls in hardware on this CPU (AVX512-BF16 or AMX). Elsewhere CPU bf16 is emulated: on the AVX2-only
+    2-core VM a 512x512 bf16 matmul ran at ~1 GFLOP/s against ~20 for fp32."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def bf16_supported() -> bool:
+    """Native bf16 on the device training would use (the GPU when there is one)."""
+    import torch
+
+    return cuda_bf16_native() if torch.cuda.is_available() else cpu_bf16_native()
 
 
 def describe_environment() -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
+    flash_problem = flash_attn_problem()
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -88,5 +186,6 @@ def describe_environment() -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "bf16_supported": bf16_supported(),
         "flash_attn_installed": package_version("flash-attn") is not None,
-        "attention_implementation": choose_attention(),
+        "flash_attn_problem": flash_problem,
+        "attention_implementation": FLASH_ATTENTION if flash_problem is None else SDPA,
     }

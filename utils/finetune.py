@@ -28,9 +28,10 @@ import torch
 
 from utils.artifacts import atomic_directory, read_json, write_json, write_meta
 from utils.checkpoint import TOKENIZER_EXTRA_FILES, CheckpointError, export_hf_model
+from utils.distributed import any_process, on_main_process, process_state, refuse_unsupported_distribution
 from utils.environment import keep_freed_memory
 from utils.errors import ConfigError, DataError
-from utils.metrics import MetricsLogger, memory_mb, plot_loss
+from utils.metrics import MetricsLogger, memory_stats, plot_loss
 from utils.model_io import ADAPTER_CONFIG, MODEL_CONFIG, has_tokenizer, load_tokenizer_from
 from utils.sft_data import seeded_split, split_count
 from utils.templates import PromptTemplate, get_template
@@ -385,11 +386,15 @@ def metrics_callback(metrics: MetricsLogger, run_dir: Path, title: str) -> Any:
                 self.summary = values
                 return
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            metrics.log(kind, state.global_step, **values, memory_mb=memory_mb(device),
+            metrics.log(kind, state.global_step, **values, **memory_stats(device),
                         elapsed_s=time.perf_counter() - self.started)
             if kind == "eval":
-                self.last_eval_step = state.global_step
                 plot_loss(metrics.path, run_dir / "loss.png", title)
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # On every process (on_log runs its body on the main one only): whether final_evaluation evaluates
+            # again must be the same decision everywhere, since evaluation is collective under DDP.
+            self.last_eval_step = state.global_step
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.is_world_process_zero:
@@ -411,7 +416,7 @@ def time_limit_callback(max_time: float) -> Any:
             self.started = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if time.perf_counter() - self.started >= max_time:
+            if any_process(time.perf_counter() - self.started >= max_time):  # all processes stop at one step
                 log.info("max_time %.0f s reached at step %d: stopping cleanly", max_time, state.global_step)
                 self.fired = True
                 control.should_training_stop = True
@@ -433,9 +438,10 @@ def training_callbacks(config: FinetuneConfig, metrics_cb: Any, has_eval: bool) 
 
 
 def open_metrics(config: FinetuneConfig, run_dir: Path, resume: Path | None, stage: str,
-                 resolved: dict[str, Any]) -> MetricsLogger:
-    """metrics.jsonl of the run; on resume, the events after the checkpoint are forgotten (they will recur)."""
-    metrics = MetricsLogger(run_dir, config.report_to, enabled=True, run_name=f"{stage}-{run_dir.name}",
+                 resolved: dict[str, Any], enabled: bool) -> MetricsLogger:
+    """metrics.jsonl (and TensorBoard/W&B) of the run, written when `enabled`: on the main process only; on
+    resume, the events after the checkpoint are forgotten (they will recur)."""
+    metrics = MetricsLogger(run_dir, config.report_to, enabled=enabled, run_name=f"{stage}-{run_dir.name}",
                             config=resolved)
     if resume is not None:
         metrics.truncate_after(checkpoint_step(resume))
@@ -613,29 +619,42 @@ def _write_gain_items(path: Path, before: Measurement, after: Measurement) -> No
 
 
 def run_finetune(spec: StageSpec, config: FinetuneConfig) -> Path:
-    """Load, prepare data, measure, train (resumable), measure again, export; returns the run directory."""
+    """Load, prepare data, measure, train (resumable), measure again, export; returns the run directory.
+
+    Under torchrun every process trains; only the main process creates the run directory, measures the gain and
+    writes metrics, meta.json and the exports (the others would race it: rmtree, renames, appends)."""
     wall, cpu = time.perf_counter(), cpu_seconds()
+    refuse_unsupported_distribution()
+    process = process_state()
+    main = process.is_main_process
+    if process.num_processes > 1:
+        log.info("%s on %d processes (DDP); this is process %d", spec.name, process.num_processes,
+                 process.process_index)
     if not torch.cuda.is_available():
         keep_freed_memory()
     template = get_template(config.prompt_template)
-    run_dir, resume = prepare_run_dir(config)
+    run_dir, resume = on_main_process(process, lambda: prepare_run_dir(config))
     loaded = load_training_model(config.model_path, config.full)
     max_length = resolve_max_length(config, loaded)
     data = spec.prepare(config, loaded.tokenizer, template, max_length)
     resolved = {**dataclasses.asdict(config), "max_length": max_length, "run_dir": str(run_dir)}
-    write_json(run_dir / "config.resolved.json", resolved)
-    write_meta(run_dir, stage=spec.name, status="training")
-    before = _measure(spec, loaded.model, loaded, template, data, config, "before")
+    if main:
+        write_json(run_dir / "config.resolved.json", resolved)
+        write_meta(run_dir, stage=spec.name, status="training")
 
     has_eval = bool(data.validation)
-    metrics = open_metrics(config, run_dir, resume, spec.name, resolved)
+    metrics = open_metrics(config, run_dir, resume, spec.name, resolved, enabled=main)
     metrics_cb = metrics_callback(metrics, run_dir, f"{spec.name.upper()} {run_dir.name}")
     callbacks, timer = training_callbacks(config, metrics_cb, has_eval)
     trainer = spec.build_trainer(config, loaded, data, max_length, run_dir, callbacks)
+    # After the trainer has placed the model on its device (the GPU), so that before and after run alike.
+    before = _measure(spec, trainer.model, loaded, template, data, config, "before") if main else None
     train_start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_seconds = time.perf_counter() - train_start
-    final_eval = final_evaluation(trainer, metrics_cb, has_eval)
+    final_eval = final_evaluation(trainer, metrics_cb, has_eval)  # every process: evaluation is collective
+    if not main:
+        return run_dir
     model = unwrap_trained(trainer)
     after = _measure(spec, model, loaded, template, data, config, "after")
 

@@ -2,16 +2,18 @@
 
 MFU = achieved model FLOPs / device peak. Model FLOPs per token follow the PaLM appendix: 6 × (matmul
 parameters) + 12 × layers × heads × head_dim × sequence length (attention scores and values, forward and
-backward). The peak comes from a table of dense bf16/fp16 tensor-core figures for common GPUs, or, on a CPU,
-from a matmul measured on this machine at the training precision.
+backward). The peak comes from a table of dense datasheet figures per exact GPU name, at the run's precision
+(16-bit tensor cores, TF32 or plain fp32), or, on a CPU, from a matmul measured on this machine at that precision.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +24,41 @@ from utils.model import ModelConfig, count_parameters
 
 log = logging.getLogger(__name__)
 
-# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' datasheets.
-GPU_PEAK_TFLOPS = {
-    "H200": 989.4, "H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4,
-    "A100": 312.0, "A10G": 70.0, "A10": 125.0, "L40S": 362.1, "L40": 181.0, "L4": 121.0,
-    "RTX 4090": 165.2, "RTX 4080": 97.5, "RTX 3090": 71.0, "RTX A6000": 154.8, "V100": 125.0, "T4": 65.0,
+
+
+@dataclass(frozen=True)
+class GpuPeak:
+    """Dense (no sparsity) datasheet peaks in TFLOP/s: 16-bit tensor cores with fp32 accumulation (bf16; fp16 on
+    GPUs without bf16), TF32 tensor cores (None where there are none), plain fp32."""
+
+    tensor16: float
+    tf32: float | None
+    fp32: float
+
+
+_A100 = GpuPeak(312.0, 156.0, 19.5)
+_H100_SXM = GpuPeak(989.4, 494.7, 66.9)
+_V100_SXM2 = GpuPeak(125.0, None, 15.7)
+_V100_PCIE = GpuPeak(112.0, None, 14.0)
+# Keyed by the exact name torch.cuda.get_device_name() reports: a substring match gave the 4090 Laptop GPU and the
+# 4090 D (fewer SMs, lower clocks) the desktop 4090's peak. A name not listed gets no MFU rather than a wrong one.
+GPU_PEAKS = {
+    "NVIDIA H100 80GB HBM3": _H100_SXM, "NVIDIA H100 PCIe": GpuPeak(756.5, 378.0, 51.2), "NVIDIA H200": _H100_SXM,
+    "NVIDIA A100-SXM4-80GB": _A100, "NVIDIA A100-SXM4-40GB": _A100, "NVIDIA A100-PCIE-40GB": _A100,
+    "NVIDIA A100 80GB PCIe": _A100, "NVIDIA L40S": GpuPeak(362.05, 183.0, 91.6),
+    "NVIDIA L40": GpuPeak(181.05, 90.5, 90.5),
+    "NVIDIA L4": GpuPeak(121.0, 60.0, 30.3), "NVIDIA A10": GpuPeak(125.0, 62.5, 31.2),
+    "NVIDIA GeForce RTX 4090": GpuPeak(165.2, 82.6, 82.6), "NVIDIA GeForce RTX 4080": GpuPeak(97.5, 48.7, 48.7),
+    "NVIDIA GeForce RTX 3090": GpuPeak(71.0, 35.6, 35.6), "NVIDIA RTX A6000": GpuPeak(154.8, 77.4, 38.7),
+    "Tesla V100-SXM2-16GB": _V100_SXM2, "Tesla V100-SXM2-32GB": _V100_SXM2, "Tesla V100-PCIE-16GB": _V100_PCIE,
+    "Tesla V100-PCIE-32GB": _V100_PCIE, "Tesla T4": GpuPeak(65.0, None, 8.1),
 }
+TERA = 1e12
 CPU_PROBE_SIZES = (256, 512, 1024, 2048)  # square matmuls, measured up to the first slow one
 CPU_PROBE_SLOW_S = 0.1  # a bf16 matmul of 2048 takes ~50 s on an AVX2-only CPU: stop growing after such a size
 CPU_PROBE_REPEATS = 5
 KIB = 1024
+MIB = 2**20
 
 
 def matmul_params(model: ModelConfig) -> int:
@@ -46,11 +73,14 @@ def flops_per_token(model: ModelConfig, seq_len: int) -> float:
     return 6 * matmul_params(model) + attention
 
 
-def gpu_peak_flops(device_name: str) -> float | None:
-    for key in sorted(GPU_PEAK_TFLOPS, key=len, reverse=True):  # "H100 PCIe" before "H100"
-        if key.lower() in device_name.lower():
-            return GPU_PEAK_TFLOPS[key] * 1e12
-    return None
+def gpu_peak_flops(device_name: str, dtype: torch.dtype, tf32: bool) -> float | None:
+    """The datasheet peak for a run at `dtype` (16-bit autocast, or fp32 with or without TF32 matmuls)."""
+    peak = GPU_PEAKS.get(device_name)
+    if peak is None:
+        return None
+    if dtype in (torch.bfloat16, torch.float16):
+        return peak.tensor16 * TERA
+    return (peak.tf32 if tf32 and peak.tf32 is not None else peak.fp32) * TERA
 
 
 def _matmul_seconds(size: int, dtype: torch.dtype) -> float:
@@ -68,6 +98,7 @@ def _matmul_seconds(size: int, dtype: torch.dtype) -> float:
     return best
 
 
+@functools.cache  # once per process and dtype: gpu-check builds several training loops in one process
 def cpu_peak_flops(dtype: torch.dtype) -> float:
     """Measured matmul throughput of this CPU at `dtype`: our practical ceiling. Sizes grow while a matmul stays
     quick, so the probe reaches 2048 where the CPU is fast and takes seconds, not minutes, where it is slow."""
@@ -81,16 +112,28 @@ def cpu_peak_flops(dtype: torch.dtype) -> float:
 def device_peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float | None, str]:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        peak = gpu_peak_flops(name)
-        return peak, (f"{name} datasheet" if peak else f"{name} (unknown peak: MFU not reported)")
+        tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+        peak = gpu_peak_flops(name, dtype, tf32)
+        kind = "16-bit tensor" if dtype != torch.float32 else ("TF32" if tf32 else "fp32")
+        return peak, (f"{name} datasheet, {kind}" if peak else
+                      f"{name}: not in utils/metrics.GPU_PEAKS, MFU not reported")
     return cpu_peak_flops(dtype), f"CPU matmul measured at {dtype}"
 
 
 def memory_mb(device: torch.device) -> float:
     """Peak accelerator memory allocated, or the process's peak resident memory on a CPU."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        return torch.cuda.max_memory_allocated(device) / MIB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB
+
+
+def memory_stats(device: torch.device) -> dict[str, float]:
+    """What the step logs: memory_mb (peak allocated on a GPU, peak RSS on a CPU) and, on a GPU, the peak the
+    caching allocator reserved (memory_reserved_mb), which is what must fit the card."""
+    stats = {"memory_mb": memory_mb(device)}
+    if device.type == "cuda":
+        stats["memory_reserved_mb"] = torch.cuda.max_memory_reserved(device) / MIB
+    return stats
 
 
 class MetricsLogger:

@@ -22,6 +22,7 @@ import torch
 from utils.artifacts import write_json
 from utils.checkpoint import TrainerState, complete_checkpoints, export_hf_model, resolve_resume_path
 from utils.config import merge_config
+from utils.distributed import refuse_unsupported_distribution
 from utils.environment import choose_attention
 from utils.errors import ConfigError
 from utils.generation import GenerationParams, generate_ids
@@ -110,13 +111,13 @@ def _make_evaluator(config: PretrainConfig, accelerator: Any, val: TokenWindows,
 
     @torch.no_grad()
     def evaluate(model: Any) -> dict[str, float]:
-        """Mean loss over the fixed validation windows; `model` is the loop's unwrapped module (LM + fused loss)."""
+        """Mean loss over the fixed validation windows; `model` is the loop's unwrapped module (LM + fused loss),
+        called under the training autocast by the loop."""
         model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # summed loss, target tokens
         for batch in batches:
             batch = batch.to(accelerator.device)
-            with accelerator.autocast():
-                sums[0] += model(batch[:, :-1], batch[:, 1:].contiguous(), normalizer=1).double()
+            sums[0] += model(batch[:, :-1], batch[:, 1:].contiguous(), normalizer=1).double()
             sums[1] += batch[:, 1:].numel()
         total, tokens = accelerator.reduce(sums, reduction="sum").tolist()
         loss = total / tokens
@@ -187,6 +188,7 @@ def pretrain(preset_path: str, config: PretrainConfig, preset: ModelPreset) -> P
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    refuse_unsupported_distribution()
     info = load_dataset_info(Path(config.data_path))
     model_config, max_length = resolve_model(preset, config, info)
     run_dir = Path(config.output_dir or f"checkpoints/pretrain/{preset.name}")

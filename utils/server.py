@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from utils.environment import cuda_bf16_native
 from utils.errors import ConfigError, DataError
 from utils.generation import (GenerationParams, GenerationResult, InvalidParam, TextGenerator, TextStream,
                               fresh_seed)
@@ -130,7 +131,7 @@ def load_for_serving(config: ServeConfig) -> LoadedModel:
     if config.cpu_threads:
         torch.set_num_threads(config.cpu_threads)
     device = choose_device(config.device)
-    dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = torch.bfloat16 if device.startswith("cuda") and cuda_bf16_native() else torch.float32
     return load_model(Path(config.model_path), dtype=dtype, device=device)
 
 

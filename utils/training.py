@@ -22,14 +22,17 @@ from tqdm import tqdm
 
 from utils.checkpoint import (LoadedCheckpoint, load_weights, TrainerState, check_compatible, load_checkpoint,
                               prune_checkpoints, restore_rng_state, save_checkpoint)
-from utils.environment import bf16_supported, keep_freed_memory
+from utils.distributed import any_process
+from utils.environment import cpu_bf16_native, cuda_bf16_native, keep_freed_memory
 from utils.errors import ConfigError, LumiError
 from utils.linear_cross_entropy import CausalLMLoss
-from utils.metrics import MetricsLogger, device_peak_flops, memory_mb, plot_loss
+from utils.metrics import MetricsLogger, device_peak_flops, memory_stats, plot_loss
 
 log = logging.getLogger(__name__)
 
 MIN_LR_RATIO = 0.1  # cosine decays to 10 % of the peak learning rate
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"  # what cuBLAS documents for reproducible results
+DETERMINISM_ALERT = "use_deterministic_algorithms"  # in PyTorch's error for an op without a deterministic kernel
 OOM_ADVICE = ("out of memory. Lower --batch_size (and raise --gradient_accumulation_steps to keep the "
               "effective batch), add --gradient_checkpointing, or lower --max_length.")
 
@@ -93,25 +96,35 @@ class Evaluator:
 
 
 def resolve_precision(requested: str, device_type: str) -> str:
+    """`auto`: bf16 where the device has it in hardware; else fp16 with a grad scaler on a GPU, fp32 on a CPU
+    (emulated bf16 is slow: see utils/environment.py)."""
     if requested == "auto":
         if device_type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        # bf16 autocast measured ~1.8x faster than fp32 on a CPU with native bf16, ~30x slower on an AVX2-only one
-        return "bf16" if bf16_supported() else "no"
+            return "bf16" if cuda_bf16_native() else "fp16"
+        return "bf16" if cpu_bf16_native() else "no"  # native bf16 measured ~1.8x faster than fp32 on a CPU
     if requested == "fp16" and device_type != "cuda":
         raise ConfigError("--mixed_precision fp16 needs a CUDA GPU; use bf16 or no on a CPU")
     return requested
 
 
 def set_determinism(enabled: bool) -> None:
+    """--deterministic: PyTorch's strict mode, so that a resumed run repeats the uninterrupted one. With
+    warn_only=True the CUDA SDPA flash and memory-efficient backwards stay non-deterministic (they only warn);
+    strict mode makes PyTorch pick their deterministic variants, flash-attn reads FLASH_ATTENTION_DETERMINISTIC
+    (transformers passes it to every call), and cuBLAS needs a fixed workspace. An op with no deterministic kernel
+    then raises, and the loop turns that into advice (--no_deterministic) at the step it happens."""
     if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
+        os.environ["FLASH_ATTENTION_DETERMINISTIC"] = "1"
+        torch.use_deterministic_algorithms(True, warn_only=False)
         # Deterministic mode also NaN-fills every new tensor, a debugging aid for kernels that read memory they
         # never wrote; ours do not, and the fill cost ~30 % of a tiny CPU step (make bench-train).
         torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     else:
+        os.environ.pop("FLASH_ATTENTION_DETERMINISTIC", None)
+        torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
 
@@ -262,6 +275,12 @@ class TrainingLoop:
                 loss, grad_norm = self._train_step()
             except torch.OutOfMemoryError as exc:
                 raise TrainingError(f"step {state.step + 1}: {OOM_ADVICE}") from exc
+            except RuntimeError as exc:
+                if DETERMINISM_ALERT not in str(exc):
+                    raise
+                raise TrainingError(f"step {state.step + 1}: {str(exc).splitlines()[0][:300]} -- an operation "
+                                    f"has no deterministic kernel on this device. Rerun with --no_deterministic "
+                                    f"(resume then continues the run, but not bit for bit)") from exc
             state.step += 1
             state.tokens_seen += tokens_per_step
             if not math.isfinite(loss):
@@ -277,7 +296,8 @@ class TrainingLoop:
                 self._log_train(window_loss / window_steps, grad_norm, window_tokens / seconds, progress)
                 window_start, window_tokens, window_steps, window_loss = time.perf_counter(), 0, 0, 0.0
             progress.update(1)
-            out_of_time = config.max_time is not None and state.elapsed_seconds >= config.max_time
+            # Every process stops at the same step, or one would wait in the next all-reduce forever.
+            out_of_time = config.max_time is not None and any_process(state.elapsed_seconds >= config.max_time)
             if out_of_time:
                 stop_reason = "max_time"
             paused = time.perf_counter()
@@ -289,16 +309,25 @@ class TrainingLoop:
                 self._save()
             window_start += time.perf_counter() - paused  # tokens/s measures training, not evaluation or saving
             if out_of_time:
-                log.info("max_time %.0f s reached at step %d: stopping cleanly", config.max_time, state.step)
+                self._warn_unannealed()
                 break
         progress.close()
         return self._finish(stop_reason)
+
+    def _warn_unannealed(self) -> None:
+        """max_time stopped the run before max_steps: the learning rate never decayed to its floor."""
+        config, step = self.config, self.state.step
+        lr_ratio = self.scheduler.get_last_lr()[0] / config.learning_rate
+        log.warning("max_time %.0f s reached at step %d of max_steps %d: stopping cleanly, with the learning rate "
+                    "at %.0f%% of its peak (the cosine ends at %.0f%%). For an annealed model, set --max_steps to "
+                    "about %d for this time budget", config.max_time, step, config.max_steps, 100 * lr_ratio,
+                    100 * MIN_LR_RATIO, step)
 
     def _log_train(self, loss: float, grad_norm: float, tokens_per_s: float, progress: tqdm) -> None:
         mfu = (tokens_per_s * self.context.flops_per_token / self.peak_flops) if self.peak_flops else None
         lr = self.scheduler.get_last_lr()[0]
         self.metrics.log("train", self.state.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s,
-                         mfu=mfu, memory_mb=memory_mb(self.device), tokens_seen=self.state.tokens_seen,
+                         mfu=mfu, **memory_stats(self.device), tokens_seen=self.state.tokens_seen,
                          samples_seen=self.state.samples_seen, batch_hash=self.last_batch_hash,
                          elapsed_s=self.state.elapsed_seconds)
         progress.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}",
@@ -307,13 +336,16 @@ class TrainingLoop:
     def _evaluate(self) -> None:
         unwrapped = self.lm()
         # Unwrapped: DDP's forward would broadcast buffers, a collective that processes with unequal shares of the
-        # validation windows would not all reach.
-        results = self.evaluator.evaluate(self.accelerator.unwrap_model(self.model))
+        # validation windows would not all reach. Every evaluator call runs under the training autocast: outside it
+        # the weights are fp32 and flash-attn (flash_attention_2) refuses fp32 queries.
+        with self.accelerator.autocast():
+            results = self.evaluator.evaluate(self.accelerator.unwrap_model(self.model))
         self.model.train()
         self.metrics.log("eval", self.state.step, **results)
         log.info("step %d: %s", self.state.step, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         if self.evaluator.samples is not None and self.accelerator.is_main_process:
-            self.evaluator.samples(unwrapped, self.state.step)
+            with self.accelerator.autocast():
+                self.evaluator.samples(unwrapped, self.state.step)
         if self.accelerator.is_main_process:
             plot_loss(self.metrics.path, self.context.run_dir / "loss.png", self.context.run_name)
         best = self.state.best_val_loss
@@ -324,7 +356,8 @@ class TrainingLoop:
 
     def _benchmark(self) -> None:
         assert self.evaluator.benchmark is not None
-        results = self.evaluator.benchmark(self.lm())
+        with self.accelerator.autocast():  # as in _evaluate: the training precision, never bare fp32
+            results = self.evaluator.benchmark(self.lm())
         self.model.train()
         self.metrics.log("benchmark", self.state.step, **results)
         log.info("step %d: %s", self.state.step, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
