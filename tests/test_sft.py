@@ -20,7 +20,7 @@ from utils.errors import ConfigError, DataError
 from utils.finetune import load_training_model
 from utils.model import ModelConfig, build_model
 from utils.model_io import load_model
-from utils.sft import SFTStageConfig, answer_accuracy, build_sft_trainer, prepare_sft_data, run_sft
+from utils.sft import SFTStageConfig, build_sft_trainer, held_out_gain, prepare_sft_data, run_sft
 from utils.sft_data import load_sft_examples
 from utils.templates import get_template
 
@@ -106,7 +106,7 @@ def test_lora_sft_writes_adapter_merged_metrics_and_gain(root: Path, tmp_path: P
     items = [item for item in load_sft_examples(str(root / "sft_eval.json"))[0] if item.answer][:3]
     recorded = read_jsonl(run / "gain.jsonl")
     for when, model in (("before", base.model), ("after", merged.model)):
-        again = answer_accuracy(model, base.tokenizer, get_template("chatml"), items, sft_config(root, tmp_path))
+        again = held_out_gain(model, base.tokenizer, get_template("chatml"), items, sft_config(root, tmp_path))
         answers = [r[when] for r in recorded]
         assert [r["response"] for r in answers] == [r["response"] for r in again.records]
         assert meta["gain"][when] == sum(r["answer"] in r["response"] for r in answers) / 3
