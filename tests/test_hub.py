@@ -15,7 +15,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PREPARE = [sys.executable, "scripts/01_prepare_data.py"]
 SMALL = ["--vocab_size", "400", "--num_workers", "0", "--max_length", "128"]
-FAIL_FAST_S = 10
 
 
 def run(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess[str]:

@@ -211,7 +211,7 @@ EXPERIMENT = RealDataBudget(
     budget_s=4 * 3600, preset="config/small.json", max_documents=None, vocab_size=None, pretrain_s=8400,
     pretrain_steps=10_000, pretrain_flags=(), finetune_s=1800, finetune_flags=(), eval_flags=())
 SHORT_EVAL = ("--limit", "2", "--fast_mode", "--max_new_tokens", "8", "--batch_size", "4")
-SHORT_FINETUNE = ("--max_steps", "4", "--max_samples", "200", "--gain_eval_size", "8", "--batch_size", "4",
+SHORT_FINETUNE = ("--max_steps", "4", "--max_samples", "200", "--gain_eval_size", "4", "--batch_size", "4",
                   "--eval_steps", "2", "--save_steps", "4", "--logging_steps", "1", "--max_length", "128")
 SHORT_PRETRAIN = ("--max_length", "128", "--warmup_steps", "2", "--eval_batches", "2")
 PROTOTYPE_SHORT = RealDataBudget(
