@@ -61,7 +61,7 @@ install-flash-attn: $(STAMP) ## Optional flash-attn FLASH_ATTN_VERSION (CUDA onl
 		{ echo "flash-attn did not install: training will use sdpa. See README 'Troubleshooting'."; exit 1; }
 	$(PY) scripts/check_env.py
 
-# --- GPU acceptance (utils/gpu_check.py) ---------------------------------------------------------------------
+# --- GPU acceptance (utils/benchmarks/gpu_check.py) ---------------------------------------------------------------------
 # gpu-check never installs: on a machine with its own torch and no network (the device machine) it runs with
 # GPU_PY=python3 and the pins of requirements-device.txt carried as wheels (scripts/gpu_check.py says how).
 GPU_PY      ?= $(if $(wildcard $(PY)),$(PY),python3)
@@ -178,10 +178,10 @@ evaluate-detailed: $(STAMP) ## Full evaluation with every smoke response and sco
 	$(PY) scripts/05_evaluate.py $(EVAL_FLAGS) --detailed_output
 
 assess-performance: $(STAMP) ## Verdicts and advice for RESULTS (default: the newest evaluation_results/*/results.json)
-	$(PY) evaluation/assess_performance.py $(RESULTS)
+	$(PY) scripts/assess_performance.py $(RESULTS)
 
 compare-lm-eval: $(STAMP) ## Item-by-item agreement with lm-evaluation-harness (needs make install-extra)
-	$(PY) evaluation/compare_lm_eval.py --model_path $(MODEL) $(if $(EVAL_DATA),--data_dir $(EVAL_DATA)) $(ARGS)
+	$(PY) scripts/compare_lm_eval.py --model_path $(MODEL) $(if $(EVAL_DATA),--data_dir $(EVAL_DATA)) $(ARGS)
 
 # --- Stage 06: serving (MODEL=<model dir> ARGS='<more flags>', e.g. --temperature 0 --template instruct) ----------
 serve: $(STAMP) ## Chat with MODEL in this terminal: streamed answers, /help for commands, Ctrl-C stops an answer

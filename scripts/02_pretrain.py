@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import make_parser, run_main  # noqa: E402
-from utils.pretrain import PretrainConfig, load_pretrain_config, pretrain  # noqa: E402
+from utils.core.cli import make_parser, run_main  # noqa: E402
+from utils.train.pretrain import PretrainConfig, load_pretrain_config, pretrain  # noqa: E402
 
 HELP = {
     "data_path": "a prepared dataset directory from stage 01",

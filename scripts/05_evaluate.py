@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.cli import parse_config, run_main  # noqa: E402
-from utils.evaluate import EvalConfig, evaluate_model  # noqa: E402
+from utils.core.cli import parse_config, run_main  # noqa: E402
+from utils.eval.evaluate import EvalConfig, evaluate_model  # noqa: E402
 
 HELP = {
     "tasks": "any of wikitext hellaswag arc_easy arc_challenge boolq demo_mc smoke",

@@ -21,9 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks import TargetMissed, data_format_report, data_run_benchmark, emit_report  # noqa: E402
-from utils.cli import run_main  # noqa: E402
-
+from utils.benchmarks.common import TargetMissed, data_format_report, data_run_benchmark, emit_report  # noqa: E402
+from utils.core.cli import run_main  # noqa: E402
 
 DEFAULT_VOCAB_SIZE = 16384
 DEFAULT_COPIES = 4

@@ -16,10 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks import (FINETUNE_DATASET, FINETUNE_MODEL, emit_report, finetune_format_report,  # noqa: E402
-                              finetune_run_benchmark)
-from utils.cli import run_main  # noqa: E402
-
+from utils.benchmarks.common import (  # noqa: E402
+    FINETUNE_DATASET,
+    FINETUNE_MODEL,
+    emit_report,
+    finetune_format_report,
+    finetune_run_benchmark,
+)
+from utils.core.cli import run_main  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -21,9 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks import TargetMissed, emit_report, serve_format_report, serve_run_benchmark  # noqa: E402
-from utils.cli import run_main  # noqa: E402
-
+from utils.benchmarks.common import TargetMissed, emit_report, serve_format_report, serve_run_benchmark  # noqa: E402
+from utils.core.cli import run_main  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

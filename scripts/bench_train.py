@@ -5,7 +5,7 @@
     make bench-train ARGS='--quick'
     python scripts/bench_train.py --json bench_train.json
 
-Prints tokens/s and MFU of our training step (TrainingLoop._train_step of the real pipeline) for tiny, small and
+Prints tokens/s and MFU of our training step (TrainingLoop.train_step of the real pipeline) for tiny, small and
 base, eager and with --compile, beside a plain-PyTorch reference step of the same shape timed in the same process;
 peak memory per configuration (each runs in a fresh process); checkpoint save time. On CUDA it adds base at
 max_length 1024, bf16, with and without --compile and --gradient_checkpointing; without CUDA it says so.
@@ -21,10 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks import (TRAIN_ROUNDS, TargetMissed, emit_report, train_format_report,  # noqa: E402
-                              train_run_benchmark)
-from utils.cli import run_main  # noqa: E402
-
+from utils.benchmarks.common import TRAIN_ROUNDS, TargetMissed, emit_report, train_format_report, train_run_benchmark  # noqa: E402
+from utils.core.cli import run_main  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.environment import describe_environment, flash_attn_build_problems  # noqa: E402
+from utils.core.environment import describe_environment, flash_attn_build_problems  # noqa: E402
 
 log = logging.getLogger("lumi")
 

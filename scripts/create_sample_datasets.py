@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.artifacts import write_json  # noqa: E402
-from utils.cli import run_main  # noqa: E402
-from utils.demo_corpus import generate_demo_corpus  # noqa: E402
+from utils.core.artifacts import write_json  # noqa: E402
+from utils.core.cli import run_main  # noqa: E402
+from utils.data.demo_corpus import generate_demo_corpus  # noqa: E402
 
 OUT_DIR = Path("data")
 SAMPLE_SIZE = 500

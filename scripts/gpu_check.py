@@ -5,7 +5,7 @@
     make gpu-check ARGS='--dry_run'                # any machine: the same rows with tiny sizes (~1 min on a CPU)
     python scripts/gpu_check.py --json out.json --work_dir /tmp/gpu_check
 
-Rows (utils/gpu_check.py says what each measures): environment, data, tiny-resume (300 steps, resumed from 100,
+Rows (utils/benchmarks/gpu_check.py says what each measures): environment, data, tiny-resume (300 steps, resumed from 100,
 losses compared), base-eager / base-grad-ckpt / base-compile (16x1024 bf16: tokens/s, MFU, allocated and reserved
 memory against a 4090's 22 GiB, checkpoint save), fused-loss (ours against HF's), sft-full, sft-lora-grad-ckpt,
 dpo-lora, evaluate (--fast_mode), serve (bf16, 8 concurrent streams), flash-attn (when it imports).
@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks import emit_report  # noqa: E402
-from utils.cli import parse_config, run_main  # noqa: E402
-from utils.gpu_check import GpuCheckConfig, format_report, run_gpu_check  # noqa: E402
+from utils.benchmarks.common import emit_report  # noqa: E402
+from utils.benchmarks.gpu_check import GpuCheckConfig, format_report, run_gpu_check  # noqa: E402
+from utils.core.cli import parse_config, run_main  # noqa: E402
 
 HELP = {
     "dry_run": "tiny sizes on any device (a CPU too): exercises every row's plumbing, measures nothing about a GPU",

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import session_plans  # noqa: E402
-from utils.cli import run_main  # noqa: E402
-from utils.errors import LumiError  # noqa: E402
+from utils.core.cli import run_main  # noqa: E402
+from utils.core.errors import LumiError  # noqa: E402
+from utils.sessions import plans as session_plans  # noqa: E402
 
 SHORT_RUNS = {"prototype": session_plans.prototype, "experiment": session_plans.experiment}
 RUNS = {"quick": session_plans.quick, **SHORT_RUNS, "evaluation": session_plans.evaluation,
@@ -52,7 +52,7 @@ def main() -> None:
     elif name == "config-rtx4090":
         table = session_plans.rtx4090_recommendations()
         RTX4090_CONFIG.write_text(json.dumps({"_comment": "estimated micro-batch sizes for a 24 GB GPU at each "
-                                              "preset's context (utils/memory_estimate.py)", **table}, indent=2) + "\n")
+                                              "preset's context (utils/lm/memory.py)", **table}, indent=2) + "\n")
         for preset, row in table.items():
             print(f"{preset:<6} max_length {row['max_length']:>5}  batch_size {row['batch_size']:>3}  "
                   f"(with --gradient_checkpointing {row['batch_size_gradient_checkpointing']:>3})  "

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from utils.demo_corpus import iter_demo_stories
+from utils.data.demo_corpus import iter_demo_stories
 
 MIRROR_ENV = "LUMI_DATA_DIR"
 
@@ -67,9 +67,9 @@ def serve_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     import torch
 
-    from utils.model import ModelConfig, build_model
-    from utils.templates import IM_END
-    from utils.tokenizer import EOS_ID, load_tokenizer, train_tokenizer
+    from utils.lm.model import ModelConfig, build_model
+    from utils.lm.templates import IM_END
+    from utils.lm.tokenizer import EOS_ID, load_tokenizer, train_tokenizer
 
     root = tmp_path_factory.mktemp("serve")
     sample = root / "sample.txt"
@@ -100,8 +100,8 @@ def one_cpu_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def gen(serve_model_dir: Path) -> Any:
     """The generation engine over the serving test model."""
-    from utils.generation import TextGenerator
-    from utils.model_io import load_model
+    from utils.lm.generation import TextGenerator
+    from utils.lm.loading import load_model
 
     loaded = load_model(serve_model_dir)
     return TextGenerator(loaded.model, loaded.tokenizer)

@@ -21,13 +21,12 @@ from typing import Any
 import pytest
 import torch
 
-from utils.checkpoint import TrainerState, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from utils.data_prep import DataConfig, prepare_dataset
-from utils.environment import SDPA, choose_attention
-from utils.pretrain import load_pretrain_config, pretrain
-from utils.training import TrainingError, TrainingLoop, resolve_precision, set_determinism
-
-from tests.test_multiprocess import finetune_inputs  # noqa: F401  (fixture: a tiny model and SFT pairs)
+from tests.core.test_distributed import finetune_inputs  # noqa: F401  (fixture: a tiny model and SFT pairs)
+from utils.core.environment import SDPA, choose_attention, resolve_precision
+from utils.data.prepare import DataConfig, prepare_dataset
+from utils.train.checkpoint import TrainerState, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from utils.train.loop import TrainingError, TrainingLoop, set_determinism
+from utils.train.pretrain import load_pretrain_config, pretrain
 
 TRAINING = {"learning_rate": 3e-3, "warmup_steps": 1, "max_steps": 2, "batch_size": 2, "max_length": 32,
             "logging_steps": 1, "eval_steps": 2, "save_steps": 2, "eval_batches": 1, "num_samples": 1,
@@ -72,11 +71,11 @@ def test_samples_and_benchmark_run_under_the_training_autocast(tmp_path: Path, d
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
         return forward(self, *args, **kwargs)
 
-    # Training and validation call the decoder directly (utils/linear_cross_entropy.CausalLMLoss); only generation
+    # Training and validation call the decoder directly (utils/train/loss.CausalLMLoss); only generation
     # and the scorer go through LlamaForCausalLM.forward.
     monkeypatch.setattr(LlamaForCausalLM, "forward", recording_forward)
     # The CPU peak probe at bf16 takes minutes where bf16 is emulated (AVX2-only CPUs); MFU is not under test here.
-    monkeypatch.setattr("utils.training.device_peak_flops", lambda device, dtype: (None, "not measured in tests"))
+    monkeypatch.setattr("utils.train.loop.device_peak_flops", lambda device, dtype: (None, "not measured in tests"))
     preset = write_preset(tmp_path)
     preset_obj, config = load_pretrain_config(str(preset), {
         "data_path": str(dataset), "output_dir": str(tmp_path / "run"), "mixed_precision": "bf16",
@@ -147,7 +146,7 @@ def test_a_broken_flash_attn_falls_back_to_sdpa(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
     monkeypatch.setattr(transformers.utils, "is_flash_attn_2_available", lambda: True)
-    monkeypatch.setattr("utils.environment.package_version", lambda name: "2.8.3")
+    monkeypatch.setattr("utils.core.environment.package_version", lambda name: "2.8.3")
     monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))  # has no flash_attn_func
     with caplog.at_level(logging.WARNING):
         assert choose_attention() == SDPA
@@ -184,7 +183,7 @@ def test_an_op_without_a_deterministic_kernel_gives_advice(tmp_path: Path, datas
         raise RuntimeError("index_add_cuda_ does not have a deterministic implementation, but you set "
                            "'torch.use_deterministic_algorithms(True)'.")
 
-    monkeypatch.setattr(TrainingLoop, "_train_step", strict_failure)
+    monkeypatch.setattr(TrainingLoop, "train_step", strict_failure)
     preset = write_preset(tmp_path)
     preset_obj, config = load_pretrain_config(str(preset), {"data_path": str(dataset), "mixed_precision": "no",
                                                             "output_dir": str(tmp_path / "run")})
@@ -199,17 +198,17 @@ def test_bf16_only_where_the_hardware_has_it(monkeypatch: pytest.MonkeyPatch) ->
     assert resolve_precision("auto", "cuda") == "fp16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert resolve_precision("auto", "cuda") == "bf16"
-    monkeypatch.setattr("utils.training.cpu_bf16_native", lambda: False)
+    monkeypatch.setattr("utils.core.environment.cpu_bf16_native", lambda: False)
     assert resolve_precision("auto", "cpu") == "no"
-    monkeypatch.setattr("utils.training.cpu_bf16_native", lambda: True)
+    monkeypatch.setattr("utils.core.environment.cpu_bf16_native", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
 
 
 def test_the_gain_is_measured_on_the_device_the_trainer_trains_on(finetune_inputs: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: after the trainer has moved the model (to the GPU), not on the CPU copy that from_pretrained gives."""
-    from utils.config import load_config
-    from utils.sft import SFT_STAGE, SFTStageConfig, run_sft
+    from utils.core.config import load_config
+    from utils.finetune.sft import SFT_STAGE, SFTStageConfig, run_sft
 
     events: list[tuple[str, Any, torch.device]] = []
     build, measure = SFT_STAGE.build_trainer, SFT_STAGE.measure
@@ -235,7 +234,7 @@ def test_the_gain_is_measured_on_the_device_the_trainer_trains_on(finetune_input
 
 
 def test_device_peaks_match_exact_names_and_the_run_precision(monkeypatch: pytest.MonkeyPatch) -> None:
-    from utils.metrics import device_peak_flops, gpu_peak_flops
+    from utils.lm.metrics import device_peak_flops, gpu_peak_flops
 
     assert gpu_peak_flops("NVIDIA GeForce RTX 4090", torch.bfloat16, tf32=False) == pytest.approx(165.2e12)
     for other in ("NVIDIA GeForce RTX 4090 Laptop GPU", "NVIDIA GeForce RTX 4090 D"):  # fewer SMs: not the 4090's
@@ -256,7 +255,7 @@ def test_device_peaks_match_exact_names_and_the_run_precision(monkeypatch: pytes
 
 
 def test_the_step_logs_reserved_memory_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from utils.metrics import MIB, memory_stats
+    from utils.lm.metrics import MIB, memory_stats
 
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * MIB)
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 5 * MIB)
@@ -265,7 +264,7 @@ def test_the_step_logs_reserved_memory_on_a_gpu(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_the_gpu_quick_session_evaluates_a_few_times_and_can_anneal_within_its_budget() -> None:
-    from utils.session_plans import CPU_QUICK, GPU_QUICK
+    from utils.sessions.plans import CPU_QUICK, GPU_QUICK
 
     for budget in (CPU_QUICK, GPU_QUICK):
         assert budget.pretrain_steps // budget.eval_steps <= 8 and budget.save_steps >= budget.eval_steps
@@ -287,7 +286,7 @@ def test_a_run_stopped_by_max_time_says_how_to_anneal(tmp_path: Path, dataset: P
                                                   ("13.0", None)])
 def test_the_flash_attn_build_check_finds_an_nvcc_of_another_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   release: str, problem: str | None) -> None:
-    from utils.environment import flash_attn_build_problems
+    from utils.core.environment import flash_attn_build_problems
 
     nvcc = tmp_path / "bin" / "nvcc"
     nvcc.parent.mkdir()

@@ -1,0 +1,1 @@
+"""Tests of utils.benchmarks.common, one file per module."""

@@ -1,0 +1,1 @@
+"""Tests of utils.core, one file per module."""

@@ -1,0 +1,1 @@
+"""Tests of utils.data, one file per module."""

@@ -1,0 +1,1 @@
+"""Tests of utils.eval, one file per module."""

@@ -1,0 +1,1 @@
+"""Tests of utils.finetune.common, one file per module."""

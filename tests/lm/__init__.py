@@ -1,0 +1,1 @@
+"""Tests of utils.lm, one file per module."""

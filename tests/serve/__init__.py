@@ -1,0 +1,1 @@
+"""Tests of utils.serve, one file per module."""

@@ -1,0 +1,1 @@
+"""Tests of utils.sessions.runner, one file per module."""

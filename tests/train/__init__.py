@@ -1,0 +1,1 @@
+"""Tests of utils.train, one file per module."""

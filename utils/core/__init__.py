@@ -1,0 +1,1 @@
+"""Shared by every layer: errors, configs and the CLI, artifacts, environment, distributed, hub."""

@@ -1,0 +1,1 @@
+"""Stage 01: sources, cleaning, filters, dedup, demo corpus, prepare, report."""

@@ -1,0 +1,1 @@
+"""Stage 05: tasks, evaluation, quality and assessment, lm-eval comparison."""

@@ -1,0 +1,133 @@
+"""Model presets: LLaMA-shaped `LlamaForCausalLM` configs from JSON, with exact parameter counts.
+
+We write no model code: a preset is a set of `LlamaConfig` fields (RMSNorm, SwiGLU, RoPE, no biases,
+optional GQA, tied embeddings), so the result stays loadable by AutoModelForCausalLM, PEFT, TRL and
+lm-eval. `count_parameters` computes the exact count from the shape alone, so preset labels can be
+checked without allocating a model (the original Lumi's labels were off by 2-4x).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from utils.core.config import read_json_config, validate_mapping
+from utils.core.errors import ConfigError
+
+if TYPE_CHECKING:  # transformers is slow to import; only the builders need it
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "config"
+PRESET_NAMES = ("tiny", "small", "base", "advanced_example")
+
+
+@dataclass
+class ModelConfig:
+    """The LlamaConfig fields a preset may set. Anything else is an error, not a silent default."""
+
+    hidden_size: int = 256
+    intermediate_size: int = 704
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int | None = None  # None = multi-head attention (kv heads == heads)
+    vocab_size: int = 32768
+    max_position_embeddings: int = 512
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = True
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.num_attention_heads % self.kv_heads:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible by "
+                             f"num_key_value_heads {self.kv_heads}")
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass
+class ModelPreset:
+    name: str
+    label: str
+    params_millions: float  # the label's claim, checked against count_parameters by the tests
+    description: str
+    model: ModelConfig
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)  # stage 02 defaults for this size
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    total: int
+    non_embedding: int  # total minus the token embedding and an untied output head
+
+    def __str__(self) -> str:
+        return f"{self.total / 1e6:.2f}M total, {self.non_embedding / 1e6:.2f}M non-embedding"
+
+
+def load_preset(path_or_name: str | Path) -> ModelPreset:
+    """Load `config/<name>.json` or a path; unknown keys anywhere are errors that name the file."""
+    path = Path(path_or_name)
+    if not path.suffix and not path.exists():
+        path = PRESET_DIR / f"{path_or_name}.json"
+    data = read_json_config(path)
+    source = str(path)
+    header = {k: v for k, v in data.items() if k not in ("model", "training")}
+    missing = {"name", "label", "params_millions", "description", "model"} - set(data)
+    if missing:
+        raise ConfigError(f"{source}: missing keys {sorted(missing)} in model preset")
+    header = validate_mapping(ModelPreset, header, source)
+    model_values = validate_mapping(ModelConfig, data["model"], f"{source} (model)")
+    try:
+        model = ModelConfig(**model_values)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    training = data.get("training", {})
+    if not isinstance(training, dict):
+        raise ConfigError(f"{source}: 'training' must be an object of stage 02 settings")
+    return ModelPreset(model=model, training=training, **header)
+
+
+def count_parameters(model: ModelConfig) -> ParameterCount:
+    """Exact parameter count of LlamaForCausalLM with this shape (no biases, SwiGLU, RMSNorm weights)."""
+    h, layers = model.hidden_size, model.num_hidden_layers
+    q_and_o = 2 * h * model.num_attention_heads * model.head_dim
+    k_and_v = 2 * h * model.kv_heads * model.head_dim
+    mlp = 3 * h * model.intermediate_size  # gate, up, down projections
+    norms = 2 * h  # input and post-attention RMSNorm
+    per_layer = q_and_o + k_and_v + mlp + norms
+    embedding = model.vocab_size * h
+    head = 0 if model.tie_word_embeddings else model.vocab_size * h
+    total = embedding + layers * per_layer + h + head  # + final RMSNorm
+    return ParameterCount(total=total, non_embedding=total - embedding - head)
+
+
+def to_llama_config(model: ModelConfig, **overrides: Any) -> "LlamaConfig":
+    from transformers import LlamaConfig
+
+    fields = dataclasses.asdict(model)
+    fields["num_key_value_heads"] = model.kv_heads
+    fields.update(overrides)
+    return LlamaConfig(attention_bias=False, mlp_bias=False, hidden_act="silu", **fields)
+
+
+def build_model(model: ModelConfig, attn_implementation: str = "sdpa", **overrides: Any) -> "LlamaForCausalLM":
+    from transformers import LlamaForCausalLM
+
+    config = to_llama_config(model, **overrides)
+    config._attn_implementation = attn_implementation
+    return LlamaForCausalLM(config)

@@ -1,0 +1,1 @@
+"""Stage 06: the terminal chat and the OpenAI-compatible API."""

@@ -1,0 +1,1 @@
+"""Timed sessions: the runner and the plans."""

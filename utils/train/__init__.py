@@ -1,0 +1,1 @@
+"""Stage 02: pretraining, its loop, loss, checkpoints and windows."""
