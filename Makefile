@@ -112,16 +112,16 @@ prepare-owt: $(STAMP) ## OpenWebText, first 1M documents, from the hub (network)
 
 # --- Stage 02: pretraining (DATA=<prepared dataset> BATCH_SIZE= LEARNING_RATE= ARGS='<more flags>') ---------
 pretrain-tiny: $(STAMP) ## Pretrain tiny (default 1,000 steps) on DATA (default demo_tiny)
-	$(PY) scripts/02_pretrain.py --config config/tiny.json $(TRAIN_FLAGS)
+	$(PY) scripts/02_pretrain.py --config_path config/tiny.json $(TRAIN_FLAGS)
 
 pretrain-small: $(STAMP) ## Pretrain small (42M) on DATA (a GPU is strongly advised)
-	$(PY) scripts/02_pretrain.py --config config/small.json $(TRAIN_FLAGS)
+	$(PY) scripts/02_pretrain.py --config_path config/small.json $(TRAIN_FLAGS)
 
 pretrain-base: $(STAMP) ## Pretrain base (124M) on DATA (GPU; see make bench-train for throughput)
-	$(PY) scripts/02_pretrain.py --config config/base.json $(TRAIN_FLAGS)
+	$(PY) scripts/02_pretrain.py --config_path config/base.json $(TRAIN_FLAGS)
 
 resume-pretrain-tiny: $(STAMP) ## Resume the tiny run from its newest complete checkpoint
-	$(PY) scripts/02_pretrain.py --config config/tiny.json --resume_from_checkpoint auto $(TRAIN_FLAGS)
+	$(PY) scripts/02_pretrain.py --config_path config/tiny.json --resume_from_checkpoint auto $(TRAIN_FLAGS)
 
 # --- Several GPUs of one machine: DDP through the shipped Accelerate config (FSDP/DeepSpeed are refused) -----------
 NUM_GPUS    ?= 2
@@ -129,7 +129,7 @@ ACCELERATE_CONFIG ?= config/accelerate/ddp.yaml
 LAUNCH       = $(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_GPUS)
 
 pretrain-multi-gpu: $(STAMP) ## Pretrain PRESET (default base) with DDP on NUM_GPUS GPUs (config/accelerate/ddp.yaml)
-	$(LAUNCH) scripts/02_pretrain.py --config $(or $(PRESET),config/base.json) $(TRAIN_FLAGS)
+	$(LAUNCH) scripts/02_pretrain.py --config_path $(or $(PRESET),config/base.json) $(TRAIN_FLAGS)
 
 # --- Stages 03-04: fine-tuning (SFT_MODEL= SFT_DATASET= DPO_MODEL= DPO_DATASET= RUN_NAME= ARGS='<more flags>') -------
 SFT_MODEL   ?= checkpoints/pretrain/tiny/final
@@ -221,7 +221,7 @@ BACKUP_DIR  ?= backups
 
 pipeline-full: $(STAMP) ## Every stage with default settings: prepare (RAW_DATASET= or demo), pretrain, SFT, DPO, eval
 	$(if $(RAW_DATASET),$(PY) scripts/01_prepare_data.py --source local --name raw --input_path $(RAW_DATASET),$(MAKE) prepare-demo)
-	$(PY) scripts/02_pretrain.py --config $(or $(PRESET),config/tiny.json) --data_path $(if $(RAW_DATASET),data/processed/raw,$(DATA)) --output_dir checkpoints/pretrain/pipeline $(if $(wildcard checkpoints/pretrain/pipeline/latest),--resume_from_checkpoint auto) $(TRAIN_FLAGS)
+	$(PY) scripts/02_pretrain.py --config_path $(or $(PRESET),config/tiny.json) --data_path $(if $(RAW_DATASET),data/processed/raw,$(DATA)) --output_dir checkpoints/pretrain/pipeline $(if $(wildcard checkpoints/pretrain/pipeline/latest),--resume_from_checkpoint auto) $(TRAIN_FLAGS)
 	$(PY) scripts/03_sft.py --config_path config/sft.json --model_path checkpoints/pretrain/pipeline/final --dataset_path $(SFT_DATASET) --output_dir checkpoints/sft --run_name pipeline
 	$(PY) scripts/04_dpo.py --config_path config/dpo.json --model_path checkpoints/sft/pipeline/merged --dataset_path $(DPO_DATASET) --output_dir checkpoints/dpo --run_name pipeline
 	$(PY) scripts/05_evaluate.py --model_path checkpoints/dpo/pipeline/merged $(if $(wildcard $(EVAL_DATA)),--data_dir $(EVAL_DATA)) --run_name pipeline

@@ -44,7 +44,7 @@ def main() -> None:
     config = parse_config(DataConfig, __doc__, help_texts=HELP)
     out = prepare_dataset(config)
     log.info("dataset ready in %s (see %s and %s)", out, out / "DATA_CARD.md", out / "stats.json")
-    log.info("next: make pretrain-tiny DATA=%s   (or python scripts/02_pretrain.py --config config/tiny.json "
+    log.info("next: make pretrain-tiny DATA=%s   (or python scripts/02_pretrain.py --config_path config/tiny.json "
              "--data_path %s)", out, out)
 
 

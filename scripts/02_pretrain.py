@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Stage 02: pretrain a LLaMA-style model from a preset on stage 01's token shards.
 
-    python scripts/02_pretrain.py --config config/tiny.json --data_path data/processed/demo_tiny
-    python scripts/02_pretrain.py --config config/base.json --data_path data/processed/openwebtext \\
+    python scripts/02_pretrain.py --config_path config/tiny.json --data_path data/processed/demo_tiny
+    python scripts/02_pretrain.py --config_path config/base.json --data_path data/processed/openwebtext \\
         --batch_size 16 --gradient_accumulation_steps 4 --learning_rate 6e-4 --compile
-    python scripts/02_pretrain.py --config config/tiny.json --resume_from_checkpoint auto
-    accelerate launch --num_processes 2 scripts/02_pretrain.py --config config/small.json ...
+    python scripts/02_pretrain.py --config_path config/tiny.json --resume_from_checkpoint auto
+    accelerate launch --num_processes 2 scripts/02_pretrain.py --config_path config/small.json ...
 
 Settings: PretrainConfig defaults < the preset's "training" section < these flags. Outputs go to
 checkpoints/pretrain/<preset>/ (override with --output_dir): step-N/ checkpoints, best/ and final/ in Hugging Face
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.core.cli import make_parser, run_main  # noqa: E402
+from utils.core.cli import DeprecatedAlias, make_parser, run_main  # noqa: E402
 from utils.train.pretrain import PretrainConfig, load_pretrain_config, pretrain  # noqa: E402
 
 HELP = {
@@ -39,9 +39,10 @@ HELP = {
 
 def main() -> None:
     parser = make_parser(PretrainConfig, __doc__, HELP)
-    parser.add_argument("--config", default="config/tiny.json", help="model preset JSON (config/tiny.json, ...)")
+    parser.add_argument("--config_path", default="config/tiny.json", help="model preset JSON (config/tiny.json, ...)")
+    parser.add_argument("--config", dest="config_path", action=DeprecatedAlias, replacement="--config_path")
     args = vars(parser.parse_args())
-    preset_path = args.pop("config")
+    preset_path = args.pop("config_path")
     preset, config = load_pretrain_config(preset_path, args)
     pretrain(preset_path, config, preset)
 

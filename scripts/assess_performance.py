@@ -20,11 +20,11 @@ from utils.eval.assessment import DEFAULT_CONFIG, load_expectations, render_asse
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path, help="results.json written by scripts/05_evaluate.py")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="expected ranges per size class")
+    parser.add_argument("--config_path", type=Path, default=DEFAULT_CONFIG, help="expected ranges per size class")
     args = parser.parse_args()
     if not args.results.is_file():
         raise DataError(f"results file not found: {args.results}. Run scripts/05_evaluate.py first.")
-    print(render_assessment(read_json(args.results), load_expectations(args.config)))
+    print(render_assessment(read_json(args.results), load_expectations(args.config_path)))
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def _run_in_process(preset: Path, dataset: Path, out: Path, **cli: object) -> Pa
 
 
 def _cli(preset: Path, dataset: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "scripts/02_pretrain.py", "--config", str(preset), "--data_path", str(dataset),
+    return [sys.executable, "scripts/02_pretrain.py", "--config_path", str(preset), "--data_path", str(dataset),
             "--output_dir", str(out), *extra]
 
 
@@ -323,6 +323,15 @@ def test_cli_exit_codes(tmp_path: Path, dataset: Path) -> None:
     result = subprocess.run(_cli(preset, dataset, tmp_path / "run", "--learning_rat", "1"), cwd=REPO,
                             capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert result.returncode == 2
+
+
+def test_the_old_config_flag_still_names_the_preset_with_a_deprecation_line(tmp_path: Path, dataset: Path) -> None:
+    """`--config` (stage 02's old spelling) is `--config_path` for a while: the preset it names is the one used."""
+    cli = _cli(_preset(tmp_path), dataset, tmp_path / "run", "--max_length", "128")
+    cli[cli.index("--config_path")] = "--config"
+    result = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert "--config is deprecated and will be removed: use --config_path" in result.stderr
+    assert result.returncode == 2 and "exceeds the model's context of 64" in result.stderr  # the tiny test preset
 
 
 def test_multiple_choice_accuracy_is_logged_during_training(tmp_path: Path, dataset: Path) -> None:

@@ -34,13 +34,26 @@ def make_parser(cls: type, description: str | None, help_texts: dict[str, str] |
 
 
 def parse_config(cls: type[T], description: str | None, argv: list[str] | None = None,
-                 config_flag: str = "config_path", help_texts: dict[str, str] | None = None) -> T:
-    """Parse `--<config_flag> FILE` plus one flag per field of `cls`, then merge defaults < file < flags."""
+                 help_texts: dict[str, str] | None = None) -> T:
+    """Parse `--config_path FILE` plus one flag per field of `cls`, then merge defaults < file < flags."""
     parser = make_parser(cls, description, help_texts)
-    parser.add_argument(f"--{config_flag}", type=Path, default=None, help="JSON config file (CLI flags override it)")
+    parser.add_argument("--config_path", type=Path, default=None, help="JSON config file (CLI flags override it)")
     args = vars(parser.parse_args(argv))
-    config_path = args.pop(config_flag)
+    config_path = args.pop("config_path")
     return load_config(cls, config_path, args)
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag: stores into the new flag's destination and says, once, to use the new one."""
+
+    def __init__(self, option_strings: list[str], dest: str, replacement: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, help=f"deprecated spelling of {replacement}", **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        log.warning("%s is deprecated and will be removed: use %s", option_string, self.replacement)
+        setattr(namespace, self.dest, values)
 
 
 def run_main(main: Callable[[], Any]) -> int:
