@@ -1,33 +1,30 @@
 """Document sources: local files (txt, jsonl/json, parquet, .gz, directories, globs) and Hugging Face datasets.
 
-Everything streams one document at a time so a corpus never has to fit in memory. Bad records are
-counted (with file and line number) and skipped, or fatal under `strict`; they never crash the stage.
+Everything streams one document at a time so a corpus never has to fit in memory. JSON rows come through the one
+row reader (utils/core/records.py). Bad records are counted (with file and line number) and skipped, or fatal
+under `strict`; they never crash the stage.
 """
 
 from __future__ import annotations
 
 import glob
-import gzip
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from utils.core.errors import DataError
 from utils.core.hub import PublicDataset, load_hub_split
+from utils.core.records import RECORD_SUFFIXES, iter_records, open_binary, split_suffix
 
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
-JSON_SUFFIXES = (".json",)
 PARQUET_SUFFIXES = (".parquet",)
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES + RECORD_SUFFIXES + PARQUET_SUFFIXES
 PARQUET_BATCH_ROWS = 1024
 MAX_BAD_RECORD_EXAMPLES = 5
-JSON_PEEK_BYTES = 4096
 
 
 @dataclass
@@ -57,14 +54,6 @@ class SourceOptions:
     strict: bool = False
 
 
-def _suffixes(path: Path) -> tuple[str, bool]:
-    """(format suffix, gzipped) for names like corpus.jsonl.gz."""
-    name = path.name.lower()
-    gz = name.endswith(".gz")
-    if gz:
-        name = name[: -len(".gz")]
-    return Path(name).suffix, gz
-
 
 def resolve_input_files(input_path: str) -> list[Path]:
     """Expand a file, a directory (recursively, supported formats only) or a glob into a sorted file list."""
@@ -72,13 +61,13 @@ def resolve_input_files(input_path: str) -> list[Path]:
     if any(ch in input_path for ch in "*?["):
         files = sorted(Path(p) for p in glob.glob(input_path, recursive=True) if Path(p).is_file())
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _suffixes(p)[0] in SUPPORTED_SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and split_suffix(p)[0] in SUPPORTED_SUFFIXES)
     elif path.is_file():
         files = [path]
     else:
         raise DataError(f"input path not found: {input_path}. Pass an existing file, directory or glob "
                         f"with --input_path.")
-    files = [f for f in files if _suffixes(f)[0] in SUPPORTED_SUFFIXES]
+    files = [f for f in files if split_suffix(f)[0] in SUPPORTED_SUFFIXES]
     if not files:
         raise DataError(f"no supported files under {input_path} (looked for {', '.join(SUPPORTED_SUFFIXES)}, "
                         f"optionally .gz)")
@@ -89,9 +78,6 @@ def input_fingerprint(files: list[Path]) -> list[list[Any]]:
     """(path, size, mtime) per file: cheap evidence that a prepared dataset is stale."""
     return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
-
-def _open_binary(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if _suffixes(path)[1] else open(path, "rb")
 
 
 def _decode(raw: bytes, where: str, stats: ReadStats, options: SourceOptions) -> str | None:
@@ -120,7 +106,7 @@ def _decoded_block(lines: list[bytes], where: str, stats: ReadStats, options: So
 
 def _iter_text_file(path: Path, stats: ReadStats, options: SourceOptions) -> Iterator[str]:
     """Paragraph mode emits at blank lines, or before a block grows past block_chars (books often have none)."""
-    with _open_binary(path) as fh:
+    with open_binary(path) as fh:
         if options.text_unit == "file":
             raw = fh.read(options.max_doc_chars * 4 + 1)  # UTF-8 is at most 4 bytes per character
             stats.bytes_read += len(raw)
@@ -167,47 +153,17 @@ def _bad(message: str, reason: str, where: str, stats: ReadStats, options: Sourc
     return None
 
 
-def _record_text(line: str, where: str, stats: ReadStats, options: SourceOptions) -> str | None:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        return _bad(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})", "invalid_json", where, stats,
-                    options)
-    return _text_of(record, where, stats, options)
+def _iter_record_file(path: Path, stats: ReadStats, options: SourceOptions) -> Iterator[str]:
+    def skip(where: str, reason: str, message: str) -> None:
+        _bad(message, reason, where, stats, options)
 
+    def count(size: int) -> None:
+        stats.bytes_read += size
 
-def _iter_jsonl_file(path: Path, stats: ReadStats, options: SourceOptions) -> Iterator[str]:
-    with _open_binary(path) as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            stats.bytes_read += len(raw)
-            where = f"{path}:{line_no}"
-            line = _decode(raw, where, stats, options) if raw.strip() else None
-            text = _record_text(line, where, stats, options) if line is not None else None
-            if text is not None:
-                yield text
-
-
-def _iter_json_file(path: Path, stats: ReadStats, options: SourceOptions) -> Iterator[str]:
-    """A .json file holds one array of records, or JSON lines (which some exporters name .json)."""
-    with _open_binary(path) as fh:
-        is_array = fh.read(JSON_PEEK_BYTES).lstrip().startswith(b"[")
-    if not is_array:
-        yield from _iter_jsonl_file(path, stats, options)
-        return
-    with _open_binary(path) as fh:
-        raw = fh.read()
-    stats.bytes_read += len(raw)
-    text = _decode(raw, str(path), stats, options)
-    if text is None:
-        return
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-    for index, record in enumerate(records):
-        value = _text_of(record, f"{path}[{index}]", stats, options)
-        if value is not None:
-            yield value
+    for where, record in iter_records(path, on_bad=skip, count_bytes=count):
+        text = _text_of(record, where, stats, options)
+        if text is not None:
+            yield text
 
 
 def _iter_parquet_file(path: Path, stats: ReadStats, options: SourceOptions) -> Iterator[str]:
@@ -230,8 +186,7 @@ def _iter_parquet_file(path: Path, stats: ReadStats, options: SourceOptions) -> 
 
 _READERS: dict[str, Callable[[Path, ReadStats, SourceOptions], Iterator[str]]] = {
     **{s: _iter_text_file for s in TEXT_SUFFIXES},
-    **{s: _iter_jsonl_file for s in JSONL_SUFFIXES},
-    **{s: _iter_json_file for s in JSON_SUFFIXES},
+    **{s: _iter_record_file for s in RECORD_SUFFIXES},
     **{s: _iter_parquet_file for s in PARQUET_SUFFIXES},
 }
 
@@ -239,7 +194,7 @@ _READERS: dict[str, Callable[[Path, ReadStats, SourceOptions], Iterator[str]]] =
 def iter_local_documents(files: list[Path], stats: ReadStats, options: SourceOptions) -> Iterator[str]:
     for path in files:
         stats.files.append(str(path))
-        reader = _READERS[_suffixes(path)[0]]
+        reader = _READERS[split_suffix(path)[0]]
         for text in reader(path, stats, options):
             stats.documents += 1
             yield _cap(text, stats, options)

@@ -26,7 +26,6 @@ path the Hub is used; offline (HF_HUB_OFFLINE=1 or no connection) that fails at 
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import re
 from collections import Counter
@@ -37,6 +36,7 @@ from typing import Any
 
 from utils.core.errors import ConfigError, DataError
 from utils.core.hub import PublicDataset, load_hub_split
+from utils.core.records import is_record_file, iter_records
 from utils.lm.documents import MultipleChoiceItem, RollingDocument, count_bytes, count_words
 
 log = logging.getLogger(__name__)
@@ -246,32 +246,14 @@ def resolve_local_file(path: Path, patterns: tuple[str, ...], what: str, flags: 
     raise DataError(f"{what}: no file under {path} matches {', '.join(patterns)}. Pass the file with {flags}.")
 
 
-def _json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(location, row) from JSON lines, or from a .json file holding one array of rows."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from exc
-        yield from ((f"{path}[{i}]", row) for i, row in enumerate(rows))
-        return
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path}:{line_no}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{line_no}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-
 
 def _local_rows(spec: TaskSpec, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     if path.suffix == ".txt" and spec.build is _hellaswag_item:
         return _hellaswag_text_rows(path)
-    if path.suffix not in (".jsonl", ".json"):
-        raise DataError(f"{spec.display_name}: cannot read {path}; expected .jsonl or .json"
+    if not is_record_file(path):
+        raise DataError(f"{spec.display_name}: cannot read {path}; expected .jsonl or .json (optionally .gz)"
                         + (" (or the 6-line .txt export)" if spec.build is _hellaswag_item else ""))
-    return _json_rows(path)
+    return iter_records(path)
 
 
 def _build(spec: TaskSpec, where: str, row: Any, position: int) -> MultipleChoiceItem:
@@ -378,8 +360,8 @@ def split_wikitext_pages(text: str) -> list[str]:
 
 def _wikitext_local_pages(path: Path) -> list[str]:
     file = resolve_local_file(path, WIKITEXT_DATASET.mirror, "WikiText-2", WIKITEXT_FLAGS)
-    if file.suffix in (".jsonl", ".json"):
-        return [row["page"] for _, row in _json_rows(file)]
+    if is_record_file(file):
+        return [row["page"] for _, row in iter_records(file)]
     text = file.read_text(encoding="utf-8")
     caveats = [c for c, applies in (("tokenized (<unk>, split punctuation)", file.suffix == ".tokens"
                                      or UNK_TOKEN in text), ("not the test split", "test" not in file.name)) if applies]

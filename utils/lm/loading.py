@@ -6,7 +6,6 @@ Evaluation and serving both load through here, so both accept exactly the same d
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import torch
 
+from utils.core.artifacts import read_json
 from utils.core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class LoadedModel:
 
 def _read_meta(path: Path) -> dict[str, Any]:
     meta = path / "meta.json"
-    return json.loads(meta.read_text()) if meta.is_file() else {}
+    return read_json(meta) if meta.is_file() else {}
 
 
 def has_tokenizer(path: Path) -> bool:
@@ -46,7 +46,7 @@ def has_tokenizer(path: Path) -> bool:
 
 
 def _base_of_adapter(path: Path) -> Path:
-    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    base = read_json(path / ADAPTER_CONFIG).get("base_model_name_or_path")
     if not base:
         raise DataError(f"{path / ADAPTER_CONFIG} names no base_model_name_or_path; cannot find the base model")
     base_path = Path(base)

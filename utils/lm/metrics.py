@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from utils.core.errors import ConfigError
+from utils.core.records import read_records
 from utils.lm.model import ModelConfig, count_parameters
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ class MetricsLogger:
 def read_metrics(path: Path, kind: str) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == kind]
+    return [r for r in read_records(path) if r["kind"] == kind]
 
 
 def plot_loss(metrics_path: Path, out_path: Path, title: str) -> Path | None:
