@@ -17,8 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.core.cli import parse_config, run_main  # noqa: E402
+from utils.serve.api import run_api  # noqa: E402
 from utils.serve.chat import run_chat  # noqa: E402
-from utils.serve.server import ServeConfig, run_api  # noqa: E402
+from utils.serve.config import ServeConfig  # noqa: E402
 
 HELP = {
     "mode": "interactive: chat in this terminal; api: HTTP server (FastAPI + uvicorn)",

@@ -420,7 +420,8 @@ def check_serve(ctx: Context) -> tuple[dict[str, Any], str]:
     import torch
     import uvicorn
 
-    from utils.serve.server import ServeConfig, create_app
+    from utils.serve.api import create_app
+    from utils.serve.config import ServeConfig
 
     sizes = ctx.sizes
     config = ServeConfig(model_path=str(ctx.need("dpo")), mode="api", port=free_port(), temperature=0.0,

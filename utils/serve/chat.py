@@ -15,7 +15,7 @@ from typing import TextIO
 
 from utils.lm.generation import GenerationParams, InvalidParam, TextGenerator, fresh_seed
 from utils.lm.templates import Message, PromptTemplate, get_template
-from utils.serve.server import ServeConfig, load_for_serving
+from utils.serve.config import ServeConfig, load_for_serving
 
 USER_PROMPT = "You: "
 ANSWER_PREFIX = "Lumi: "

@@ -21,9 +21,9 @@ import httpx2 as httpx  # the HTTP client the pinned openai package ships with
 import pytest
 import uvicorn
 
-from utils.core.errors import ConfigError
 from utils.lm.loading import LoadedModel, load_model
-from utils.serve.server import MAX_BODY_BYTES, ServeConfig, create_app
+from utils.serve.api import MAX_BODY_BYTES, create_app
+from utils.serve.config import ServeConfig
 from utils.sessions.runner import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -319,14 +319,6 @@ def test_cors_only_for_the_given_origins(server: LiveServer, client: httpx.Clien
         assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "http://app.test"
         other = http.options("/v1/completions", headers={**preflight, "Origin": "http://evil.test"})
         assert "access-control-allow-origin" not in other.headers
-
-
-def test_binds_loopback_by_default() -> None:
-    assert ServeConfig().host == LOOPBACK
-    with pytest.raises(ConfigError, match="unknown prompt template"):
-        ServeConfig(template="fancy")
-    with pytest.raises(ValueError, match="temperature"):
-        ServeConfig(temperature=3.0)
 
 
 # --- Scheduling, disconnects, the event loop ----------------------------------------------------------------------

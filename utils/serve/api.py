@@ -1,4 +1,6 @@
-"""Stage 06: serve a model over HTTP (FastAPI + uvicorn) in OpenAI's schema, or hand it to the chat REPL.
+"""Stage 06, API mode: serve a model over HTTP (FastAPI + uvicorn) in OpenAI's schema.
+
+    python scripts/06_serve.py --model_path <dir> --mode api [--host 127.0.0.1] [--port 8000] [--api_key KEY]
 
 Endpoints (every one but /health needs `Authorization: Bearer <key>` when --api_key or LUMI_API_KEY is set):
   POST /v1/chat/completions  messages rendered with --template; `stream: true` sends server-sent events
@@ -7,28 +9,22 @@ Endpoints (every one but /health needs `Authorization: Bearer <key>` when --api_
   GET  /v1/models            the served model (its directory name unless --served_model_name)
   GET  /health               503 while the model loads, 200 after (open without a key; shows running/waiting)
 
-Status codes, each error in OpenAI's {"error": {"message", "type", "param", "code"}} shape:
+Status codes, each error in OpenAI's {"error": {"message", "type", "param", "code"}} shape (utils/serve/errors.py):
   422 the body does not match the schema (missing or mistyped field, invalid JSON) — FastAPI's own check;
   400 a well-typed value out of range (temperature, top_p, top_k, max_tokens, repetition_penalty, seed, stop, n) or
       prompt + max_tokens beyond the context: as vLLM and OpenAI answer those;
   401 missing or wrong key; 404 unknown route or model name; 413 body over 1 MiB; 429 queue full; 503 loading.
 
-Scheduling: generation runs on worker threads, never on the event loop. At most --max_concurrent generations run
-(1 on CPU: two would only share the same cores) and at most --max_queue more wait in line; a request beyond that is
-refused at once with 429 and Retry-After, so overload never turns into timeouts or 5xx. A slot is released by the
-worker thread itself when it finishes, so it is never reused while a generation still runs. A client that goes away
-(mid-stream, or while waiting for a whole answer) sets its generation's cancel flag, which stops it within one token.
+Generations run on worker threads, at most --max_concurrent at once and --max_queue waiting (utils/serve/scheduler.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hmac
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -36,154 +32,33 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from utils.core.environment import cuda_bf16_native
 from utils.core.errors import ConfigError, DataError
-from utils.lm.generation import GenerationParams, GenerationResult, InvalidParam, TextGenerator, TextStream, fresh_seed
-from utils.lm.loading import LoadedModel, load_model
+from utils.lm.generation import GenerationParams, GenerationResult, InvalidParam, TextGenerator
+from utils.lm.loading import LoadedModel
 from utils.lm.templates import get_template
+from utils.serve.config import API_KEY_ENV, DEFAULT_HOST, ServeConfig, load_for_serving
+from utils.serve.errors import APIError, install_error_handlers, invalid_param_error
+from utils.serve.scheduler import Job, ServerState, Slots
+from utils.serve.schema import ChatCompletionRequest, CompletionRequest, GenerateRequest, SamplingFields
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"  # loopback unless --host says otherwise
-DEFAULT_PORT = 8000
-API_KEY_ENV = "LUMI_API_KEY"
 MAX_BODY_BYTES = 1024 * 1024  # 1 MiB, nginx's default client_max_body_size
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
-RETRY_AFTER_S = 1
 DISCONNECT_POLL_S = 0.1  # how often a non-streaming request checks that its client is still there
 OPEN_PATHS = ("/health",)
 RAW_TEMPLATE = "none"  # /generate's "template": "none" continues the prompt as plain text
 OWNER = "lumi"
-# Request field -> the GenerationParams field it sets, for error messages that name what the client sent.
-API_PARAM_NAMES = {"max_new_tokens": "max_tokens"}
 
 
-@dataclass
-class ServeConfig:
-    """Stage 06 settings; each is a --flag. The sampling fields are the defaults a request may override."""
-
-    model_path: str = "checkpoints/pretrain/tiny/final"
-    mode: Literal["interactive", "api"] = "interactive"
-    template: str = "chatml"
-    system_prompt: str | None = None  # interactive mode: a system message that opens every conversation
-    temperature: float = 0.7
-    top_k: int = 50
-    top_p: float = 0.9
-    repetition_penalty: float = 1.1
-    max_new_tokens: int = 150
-    seed: int | None = None  # None: a fresh seed for every answer
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    api_key: str | None = None  # default: $LUMI_API_KEY; unset = no key needed
-    cors_origins: list[str] = field(default_factory=list)
-    max_concurrent: int = 1
-    max_queue: int = 16
-    served_model_name: str | None = None  # default: the model directory's name
-    device: str = "auto"
-    cpu_threads: int = 0  # torch's intra-op threads; 0 = torch's default (one per core)
-
-    def __post_init__(self) -> None:
-        get_template(self.template)
-        self.default_params(seed=0 if self.seed is None else self.seed)  # InvalidParam (exit 2) names a bad value
-        if self.max_concurrent < 1 or self.max_queue < 0:
-            raise ConfigError(f"max_concurrent must be at least 1 and max_queue at least 0, got "
-                              f"{self.max_concurrent} and {self.max_queue}")
-        if not 1 <= self.port <= 65535:
-            raise ConfigError(f"port must be in 1..65535, got {self.port}")
-        if self.cpu_threads < 0:
-            raise ConfigError(f"cpu_threads must be 0 (torch's default) or positive, got {self.cpu_threads}")
-
-    def default_params(self, seed: int | None = None) -> GenerationParams:
-        return GenerationParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                                top_p=self.top_p, repetition_penalty=self.repetition_penalty,
-                                seed=fresh_seed() if seed is None else seed)
-
-    @property
-    def model_id(self) -> str:
-        return self.served_model_name or Path(os.path.abspath(self.model_path)).name  # "." named, links kept
-
-    def resolved_api_key(self) -> str | None:
-        return self.api_key or os.environ.get(API_KEY_ENV) or None
-
-
-def choose_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
-
-
-def load_for_serving(config: ServeConfig) -> LoadedModel:
-    import torch
-
-    if config.cpu_threads:
-        torch.set_num_threads(config.cpu_threads)
-    device = choose_device(config.device)
-    dtype = torch.bfloat16 if device.startswith("cuda") and cuda_bf16_native() else torch.float32
-    return load_model(Path(config.model_path), dtype=dtype, device=device)
-
-
-# --- Errors in OpenAI's shape ------------------------------------------------------------------------------------
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.headers = headers or {}
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
-
-
-def _invalid(exc: InvalidParam) -> APIError:
-    name = API_PARAM_NAMES.get(exc.param, exc.param)
-    return APIError(400, f"{name} {exc.problem}", param=name, code="invalid_value")
-
-
-def _validation_error(exc: RequestValidationError) -> APIError:
-    problems, param = [], None
-    for error in exc.errors():
-        # JSON syntax errors locate by character offset, which is no field name
-        location = [] if error.get("type") == "json_invalid" else [str(p) for p in error.get("loc", ()) if p != "body"]
-        param = param or ".".join(location) or None
-        problems.append(f"{'.'.join(location) or 'body'}: {error.get('msg')}")
-    return APIError(422, "invalid request: " + "; ".join(problems), param=param)
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    async def api_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, APIError)
-        return exc.response()
-
-    async def schema_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        return _validation_error(exc).response()
-
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        return APIError(exc.status_code, str(exc.detail), code=None).response()
-
-    async def server_error(_: Request, exc: Exception) -> JSONResponse:  # Starlette then re-raises it to be logged
-        return APIError(500, "internal server error; see the server log", "server_error").response()
-
-    app.add_exception_handler(APIError, api_error)
-    app.add_exception_handler(RequestValidationError, schema_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, server_error)
-
+# --- API key and body limit --------------------------------------------------------------------------------------
 
 class GuardMiddleware:
     """API key on every path but /health, then the body limit (Content-Length, and the bytes actually sent),
@@ -239,151 +114,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-# --- Request schemas ---------------------------------------------------------------------------------------------
-
-class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-class SamplingFields(BaseModel):
-    """What both OpenAI routes accept; unknown fields are ignored, as OpenAI-compatible servers do."""
-
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None  # vLLM's extension
-    repetition_penalty: float | None = None  # vLLM's extension
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = 1
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-
-
-class CompletionRequest(SamplingFields):
-    prompt: str
-
-
-class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
-
-
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # our own simple form: a typo is an error
-    prompt: str
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    template: str | None = None  # default: the server's --template; "none": plain continuation
-
-
-# --- Scheduling --------------------------------------------------------------------------------------------------
-
-class Slots:
-    """At most `max_active` generations at once and `max_queue` waiting; beyond that `acquire` refuses (429).
-    Used from the event loop only, so the counters need no lock."""
-
-    def __init__(self, max_active: int, max_queue: int) -> None:
-        self.max_active, self.max_queue = max_active, max_queue
-        self._semaphore = asyncio.Semaphore(max_active)
-        self.running = 0
-        self.waiting = 0
-
-    async def acquire(self) -> None:
-        if self.running + self.waiting >= self.max_active + self.max_queue:
-            raise APIError(429, f"server busy: {self.running} generating and {self.waiting} waiting (limits "
-                                f"--max_concurrent {self.max_active}, --max_queue {self.max_queue}); retry in a moment",
-                           "rate_limit_error", code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
-        self.waiting += 1
-        try:
-            await self._semaphore.acquire()
-        finally:
-            self.waiting -= 1
-        self.running += 1
-
-    def release(self) -> None:
-        self.running -= 1
-        self._semaphore.release()
-
-
-class Job:
-    """One generation on its own worker thread; text deltas reach the event loop through an asyncio queue, and the
-    thread releases the slot itself when it ends (however the request ended)."""
-
-    _DELTA, _DONE, _FAILED = "delta", "done", "failed"
-
-    def __init__(self, stream: TextStream, cancel: threading.Event, on_end: Callable[[Job], None]) -> None:
-        self.stream, self.cancel, self._on_end = stream, cancel, on_end
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        threading.Thread(target=self._run, name="lumi-generate", daemon=True).start()
-
-    def _put(self, item: tuple[str, Any]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-
-    def _run(self) -> None:
-        try:
-            for delta in self.stream:
-                self._put((self._DELTA, delta))
-            self._put((self._DONE, self.stream.result))
-        except Exception as exc:  # reported to the client; the server keeps serving
-            log.exception("generation failed")
-            self._put((self._FAILED, exc))
-        finally:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._on_end, self)
-
-    async def deltas(self) -> AsyncIterator[str]:
-        while True:
-            kind, value = await self._queue.get()
-            if kind == self._DELTA:
-                yield value
-            elif kind == self._FAILED:
-                raise APIError(500, f"generation failed: {value}", "server_error")
-            else:
-                return
-
-    @property
-    def result(self) -> GenerationResult:
-        assert self.stream.result is not None, "read result only after deltas() is exhausted"
-        return self.stream.result
-
-
-@dataclass
-class ServerState:
-    config: ServeConfig
-    slots: Slots
-    generator: TextGenerator | None = None
-    load_error: str | None = None
-    jobs: set[Job] = field(default_factory=set)
-    stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("completed", "cancelled", "failed",
-                                                                         "rejected"), 0))
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def ready(self) -> TextGenerator:
-        if self.generator is None:
-            detail = f"failed to load: {self.load_error}" if self.load_error else "is still loading; retry shortly"
-            raise APIError(503, f"the model {detail}", "service_unavailable", code="model_not_ready",
-                           headers={"Retry-After": str(RETRY_AFTER_S)})
-        return self.generator
-
-    def end_job(self, job: Job) -> None:
-        self.jobs.discard(job)
-        self.slots.release()
-        outcome = job.stream.result.finish_reason if job.stream.result else "failed"
-        self.stats[outcome if outcome in ("cancelled", "failed") else "completed"] += 1
-
-
-# --- Request handling --------------------------------------------------------------------------------------------
-
 @dataclass
 class Prepared:
     prompt_ids: list[int]
@@ -412,7 +142,7 @@ def _params(config: ServeConfig, request: SamplingFields, max_tokens: int | None
     try:
         return dataclasses.replace(defaults, stop=tuple(stop), **{k: v for k, v in values.items() if v is not None})
     except InvalidParam as exc:
-        raise _invalid(exc) from exc
+        raise invalid_param_error(exc) from exc
 
 
 async def _prepare(state: ServerState, text: str, params: GenerationParams, explicit_max: bool,
@@ -614,7 +344,7 @@ def create_app(config: ServeConfig, load: Callable[[], LoadedModel] | None = Non
     app = FastAPI(title="Lumi", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.lumi = state
     _add_routes(app, state)
-    _install_error_handlers(app)
+    install_error_handlers(app)
     app.add_middleware(GuardMiddleware, api_key=config.resolved_api_key())
     if config.cors_origins:  # outermost, so that preflight requests are answered before the key check
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_credentials=False,
