@@ -44,8 +44,9 @@ from utils.core.cli import setup_logging
 from utils.core.config import load_config
 from utils.core.errors import DataError, LumiError
 from utils.core.hub import mirror_root
+from utils.data.config import DataConfig
 from utils.data.dedup import SCHEME, MinHasher, shingles
-from utils.data.prepare import DataConfig, prepare_dataset
+from utils.data.prepare import prepare_dataset
 from utils.data.sources import resolve_input_files
 from utils.lm.model import ModelConfig, count_parameters, load_preset
 

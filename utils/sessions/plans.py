@@ -23,7 +23,7 @@ from utils.core.artifacts import read_json
 from utils.core.config import load_config
 from utils.core.errors import CheckpointError, DataError, LumiError
 from utils.core.hub import PublicDataset, check_available
-from utils.data.prepare import DataConfig, hub_dataset
+from utils.data.config import DataConfig, hub_dataset
 from utils.eval.tasks import task_dataset
 from utils.finetune.datasets import DPO_HUB_DATASETS, SFT_HUB_DATASETS, public_dataset
 from utils.lm.memory import RTX_4090_GB, estimate, max_batch_size
