@@ -1006,7 +1006,7 @@ def serve_model(requested: Path | None, work_dir: Path) -> tuple[Path, str]:
 
 
 def serve_random_model(work_dir: Path) -> Path:
-    from utils.data.demo_corpus import iter_demo_stories
+    from utils.data.demo_stories import iter_demo_stories
     from utils.lm.model import build_model
     from utils.lm.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizer
 
