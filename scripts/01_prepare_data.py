@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.core.cli import parse_config, run_main  # noqa: E402
-from utils.data.prepare import DataConfig, prepare_dataset  # noqa: E402
+from utils.data.config import DataConfig  # noqa: E402
+from utils.data.prepare import prepare_dataset  # noqa: E402
 
 log = logging.getLogger("lumi.prepare")
 

@@ -17,11 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.core.cli import run_main  # noqa: E402
 from utils.core.errors import LumiError  # noqa: E402
-from utils.sessions import plans as session_plans  # noqa: E402
+from utils.sessions import diagnostics, plans  # noqa: E402
 
-SHORT_RUNS = {"prototype": session_plans.prototype, "experiment": session_plans.experiment}
-RUNS = {"quick": session_plans.quick, **SHORT_RUNS, "evaluation": session_plans.evaluation,
-        "architecture": session_plans.architecture, "test-pipeline": session_plans.test_pipeline}
+SHORT_RUNS = {"prototype": plans.prototype, "experiment": plans.experiment}
+RUNS = {"quick": plans.quick, **SHORT_RUNS, "evaluation": plans.evaluation,
+        "architecture": plans.architecture, "test-pipeline": plans.test_pipeline}
 RTX4090_CONFIG = Path("config/rtx4090.json")
 
 
@@ -45,12 +45,12 @@ def main() -> None:
         session = RUNS[name]()
         print((session.directory / "report.md").read_text())
     elif name == "status":
-        print("\n".join(session_plans.status()))
+        print("\n".join(diagnostics.status()))
     elif name == "cleanup":
-        removed = session_plans.cleanup()
+        removed = diagnostics.cleanup()
         print("\n".join(f"removed {p}" for p in removed) or "nothing to clean")
     elif name == "config-rtx4090":
-        table = session_plans.rtx4090_recommendations()
+        table = diagnostics.rtx4090_recommendations()
         RTX4090_CONFIG.write_text(json.dumps({"_comment": "estimated micro-batch sizes for a 24 GB GPU at each "
                                               "preset's context (utils/lm/memory.py)", **table}, indent=2) + "\n")
         for preset, row in table.items():
@@ -59,13 +59,13 @@ def main() -> None:
                   f"~{row['estimated_gb']} GB")
         print(f"written to {RTX4090_CONFIG}")
     else:
-        problems = session_plans.debug()
+        problems = diagnostics.debug()
         for problem in problems:
             print(f"PROBLEM: {problem}")
         if problems:
             raise ProblemsFound(f"{len(problems)} problem(s) found; each line above says how to fix it")
         print("no problems found: environment, datasets and checkpoints are consistent")
-        print("\n".join(session_plans.status()))
+        print("\n".join(diagnostics.status()))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from utils.data.demo_corpus import iter_demo_stories
+from utils.data.demo_stories import iter_demo_stories
 
 MIRROR_ENV = "LUMI_DATA_DIR"
 

@@ -23,7 +23,8 @@ import torch
 
 from tests.core.test_distributed import finetune_inputs  # noqa: F401  (fixture: a tiny model and SFT pairs)
 from utils.core.environment import SDPA, choose_attention, resolve_precision
-from utils.data.prepare import DataConfig, prepare_dataset
+from utils.data.config import DataConfig
+from utils.data.prepare import prepare_dataset
 from utils.train.checkpoint import TrainerState, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from utils.train.loop import TrainingError, TrainingLoop, set_determinism
 from utils.train.pretrain import load_pretrain_config, pretrain

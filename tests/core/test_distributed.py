@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from utils.core.errors import ConfigError
-from utils.data.prepare import DataConfig, prepare_dataset
+from utils.data.config import DataConfig
+from utils.data.prepare import prepare_dataset
 from utils.lm.model import ModelConfig, build_model
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ import xxhash
 from datasketch import MinHash
 
 from tests.conftest import story_texts
+from utils.data.config import DataConfig
 from utils.data.dedup import SHINGLES_PER_STEP, MinHasher, NearDuplicateIndex, exact_key, shingles
-from utils.data.prepare import DataConfig
 
 PAIRS = 20  # per Jaccard level: LSH is a probabilistic filter, so the boundary is judged on counts
 

@@ -1,4 +1,5 @@
-"""Tests for utils.data.demo_corpus: determinism, file formats and the fact guarantees the demo relies on."""
+"""Tests for utils.data.demo_corpus and utils.data.demo_stories: determinism, file formats and the fact guarantees
+the demo relies on."""
 
 import json
 import pathlib
@@ -6,7 +7,8 @@ import re
 
 import pytest
 
-from utils.data.demo_corpus import DEMO_FILES, generate_demo_corpus, iter_demo_stories
+from utils.data.demo_corpus import DEMO_FILES, generate_demo_corpus
+from utils.data.demo_stories import iter_demo_stories
 
 SMALL = {"num_stories": 300, "num_sft_train": 60, "num_sft_eval": 20, "num_dpo_train": 40, "num_dpo_eval": 20,
          "num_mc": 60}

@@ -13,7 +13,8 @@ import pytest
 
 from tests.conftest import story_texts
 from utils.core.errors import ConfigError, DataError
-from utils.data.prepare import DataConfig, prepare_dataset
+from utils.data.config import DataConfig
+from utils.data.prepare import prepare_dataset
 from utils.lm.shards import read_shard
 from utils.lm.tokenizer import SentencePieceEncoder, load_tokenizer, tokenizer_sha256
 

@@ -10,7 +10,8 @@ import pytest
 
 from tests.conftest import story_texts
 from utils.core.errors import DataError
-from utils.data.prepare import DataConfig, prepare_dataset
+from utils.data.config import DataConfig
+from utils.data.prepare import prepare_dataset
 from utils.eval.evaluate import EvalConfig, evaluate_model
 from utils.lm.model import ModelConfig, build_model
 

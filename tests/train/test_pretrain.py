@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from utils.core.errors import CheckpointError, ConfigError
-from utils.data.prepare import DataConfig, prepare_dataset
+from utils.data.config import DataConfig
+from utils.data.prepare import prepare_dataset
 from utils.lm.metrics import read_metrics
 from utils.sessions.runner import free_port
 from utils.train.checkpoint import COMPLETE, LATEST, complete_checkpoints, resolve_resume_path

@@ -44,8 +44,9 @@ from utils.core.cli import setup_logging
 from utils.core.config import load_config
 from utils.core.errors import DataError, LumiError
 from utils.core.hub import mirror_root
+from utils.data.config import DataConfig
 from utils.data.dedup import SCHEME, MinHasher, shingles
-from utils.data.prepare import DataConfig, prepare_dataset
+from utils.data.prepare import prepare_dataset
 from utils.data.sources import resolve_input_files
 from utils.lm.model import ModelConfig, count_parameters, load_preset
 
@@ -1005,7 +1006,7 @@ def serve_model(requested: Path | None, work_dir: Path) -> tuple[Path, str]:
 
 
 def serve_random_model(work_dir: Path) -> Path:
-    from utils.data.demo_corpus import iter_demo_stories
+    from utils.data.demo_stories import iter_demo_stories
     from utils.lm.model import build_model
     from utils.lm.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizer
 

@@ -180,7 +180,8 @@ def check_environment(ctx: Context) -> tuple[dict[str, Any], str]:
 
 
 def prepare_data(ctx: Context) -> tuple[dict[str, Any], str]:
-    from utils.data.prepare import DataConfig, prepare_dataset
+    from utils.data.config import DataConfig
+    from utils.data.prepare import prepare_dataset
 
     sizes = ctx.sizes
     path = prepare_dataset(DataConfig(name="gpu_check", source="demo", demo_num_stories=sizes.demo_stories,

@@ -1,1 +1,13 @@
-"""Stage 01: sources, cleaning, filters, dedup, demo corpus, prepare, report."""
+"""Stage 01 (scripts/01_prepare_data.py): raw text -> cleaned, filtered, deduplicated, tokenized shards.
+
+config        DataConfig (the settings, their validation, the default name) and the hub dataset a config names
+sources       document sources: local files (txt, jsonl/json, parquet, .gz, globs) and Hugging Face datasets
+cleaning      text cleaning: ftfy, NFC, control characters, URLs, fenced code, whitespace
+filters       length, language and Gopher-style quality filters, each drop named by its reason
+dedup         exact (SHA256) and near-duplicate (MinHash-LSH) dedup
+pipeline      pass 1: the clean/filter worker pool, dedup, the spool, FirstPass, the train/val split
+prepare       tokenizer training or reuse, pass 2 into shards, outputs, the rerun fingerprint, prepare_dataset
+report        stats.json and DATA_CARD.md
+demo_stories  the demo story grammar: vocabulary, sentence templates, the seeded pretraining stories
+demo_corpus   the demo corpus files: stories plus SFT, DPO and multiple-choice sets from held-out stories
+"""
