@@ -23,6 +23,7 @@ from utils.core.artifacts import read_json
 from utils.core.config import load_config
 from utils.core.errors import CheckpointError, DataError
 from utils.core.hub import PublicDataset, check_available
+from utils.core.records import read_records
 from utils.data.config import DataConfig, hub_dataset
 from utils.eval.tasks import task_dataset
 from utils.finetune.datasets import DPO_HUB_DATASETS, SFT_HUB_DATASETS, public_dataset
@@ -71,7 +72,7 @@ def _cuda() -> bool:
 
 
 def _metric_values(path: Path, kind: str, key: str) -> list[Any]:
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    rows = read_records(path) if path.is_file() else []
     return [r[key] for r in rows if r.get("kind") == kind and r.get(key) is not None] or [float("nan")]
 
 
@@ -95,7 +96,7 @@ def quick() -> Session:
     larger = [] if budget is CPU_QUICK else ["--demo_num_stories", str(budget.demo_stories), "--name", "demo_large"]
     session.run("data", [PY, "scripts/01_prepare_data.py", "--config_path", "config/datasets/demo_tiny.json", *larger])
     data = DEMO_DATA if budget is CPU_QUICK else "data/processed/demo_large"
-    session.run("pretrain", [PY, "scripts/02_pretrain.py", "--config", "config/tiny.json", "--data_path", data,
+    session.run("pretrain", [PY, "scripts/02_pretrain.py", "--config_path", "config/tiny.json", "--data_path", data,
                              "--output_dir", pretrain_dir, "--max_time", str(budget.pretrain_s),
                              "--max_steps", str(budget.pretrain_steps), "--batch_size", str(budget.pretrain_batch),
                              "--eval_steps", str(budget.eval_steps), "--save_steps", str(budget.save_steps)])
@@ -138,7 +139,8 @@ def _quick_figures(session: Session, data: str, pretrain_dir: str, tag: str, ans
     })
     session.outputs.update({"dataset": data, "pretrained": f"{pretrain_dir}/final",
                             "SFT": f"checkpoints/sft/{tag}/merged", "DPO": f"checkpoints/dpo/{tag}/merged",
-                            "evaluation": f"evaluation_results/{tag}/report.md", "loss curve": f"{pretrain_dir}/loss.png"})
+                            "evaluation": f"evaluation_results/{tag}/report.md",
+                            "loss curve": f"{pretrain_dir}/loss.png"})
 
 
 MICRO_PRESET = {"name": "micro", "label": "micro-0.1M", "params_millions": 0.1,
@@ -158,7 +160,7 @@ def test_pipeline() -> Session:
     session.run("data", [PY, "scripts/01_prepare_data.py", "--source", "demo", "--name", "smoke",
                          "--demo_num_stories", "1500", "--vocab_size", "512", "--max_length", "128",
                          "--num_workers", "0", "--output_dir", str(work / "data")])
-    session.run("pretrain", [PY, "scripts/02_pretrain.py", "--config", str(preset), "--data_path", str(data),
+    session.run("pretrain", [PY, "scripts/02_pretrain.py", "--config_path", str(preset), "--data_path", str(data),
                              "--output_dir", str(pretrain_dir), "--max_steps", "30", "--batch_size", "8",
                              "--max_length", "64", "--eval_steps", "15", "--save_steps", "15", "--logging_steps", "5",
                              "--learning_rate", "3e-3", "--warmup_steps", "5", "--eval_batches", "2"])
@@ -266,7 +268,7 @@ def _prepare(session: Session, data_config: str, budget: RealDataBudget, name: s
 
 
 def _pretrain(session: Session, data: str, run_dir: str, budget: RealDataBudget) -> None:
-    session.run("pretrain", [PY, "scripts/02_pretrain.py", "--config", budget.preset, "--data_path", data,
+    session.run("pretrain", [PY, "scripts/02_pretrain.py", "--config_path", budget.preset, "--data_path", data,
                              "--output_dir", run_dir, "--max_time", str(budget.pretrain_s),
                              "--max_steps", str(budget.pretrain_steps), "--eval_hellaswag_steps", "0",
                              *budget.pretrain_flags])
