@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.core.cli import parse_config, run_main  # noqa: E402
-from utils.finetune.common import FINETUNE_HELP  # noqa: E402
+from utils.finetune.config import FINETUNE_HELP  # noqa: E402
 from utils.finetune.sft import SFTStageConfig, run_sft  # noqa: E402
 
 HELP = {

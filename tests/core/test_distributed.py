@@ -86,8 +86,8 @@ def test_a_process_other_than_the_main_one_writes_none_of_the_run_files(finetune
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    monkeypatch.setattr("utils.finetune.common.process_state", SecondProcess)
-    monkeypatch.setattr("utils.finetune.common.on_main_process", lambda state, compute: (run_dir, None))  # main's broadcast
+    monkeypatch.setattr("utils.finetune.runner.process_state", SecondProcess)
+    monkeypatch.setattr("utils.finetune.runner.on_main_process", lambda state, compute: (run_dir, None))  # main's broadcast
     run_sft(load_config(SFTStageConfig, None, {
         "model_path": str(finetune_inputs / "final"), "dataset_path": str(finetune_inputs / "sft_train.json"),
         "output_dir": str(tmp_path), "run_name": "run", "max_steps": 1, "batch_size": 2, "gain_eval_size": 2,

@@ -1,1 +1,1 @@
-"""Tests of utils.finetune.common, one file per module."""
+"""Tests of utils.finetune, one file per module."""

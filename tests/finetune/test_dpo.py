@@ -13,8 +13,8 @@ import pytest
 from tests.finetune.test_sft import make_finetune_root, read_jsonl
 from utils.core.config import load_config
 from utils.core.errors import DataError
-from utils.finetune.common import load_training_model
 from utils.finetune.dpo import DPOStageConfig, build_dpo_trainer, prepare_dpo_data, run_dpo
+from utils.finetune.models import load_training_model
 from utils.lm.loading import load_model
 from utils.lm.templates import get_template
 

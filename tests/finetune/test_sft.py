@@ -17,8 +17,8 @@ from utils.core.config import load_config
 from utils.core.errors import CheckpointError, ConfigError, DataError
 from utils.data.config import DataConfig
 from utils.data.prepare import prepare_dataset
-from utils.finetune.common import load_training_model
 from utils.finetune.datasets import load_sft_examples
+from utils.finetune.models import load_training_model
 from utils.finetune.sft import SFTStageConfig, build_sft_trainer, held_out_gain, prepare_sft_data, run_sft
 from utils.lm.loading import load_model
 from utils.lm.model import ModelConfig, build_model

@@ -1330,7 +1330,7 @@ def finetune_measure_case(case: FinetuneCase, dataset: Path, work_dir: Path) -> 
     from transformers import TrainerCallback
     from transformers.trainer_callback import ProgressCallback
 
-    from utils.finetune.common import load_training_model
+    from utils.finetune.models import load_training_model
     from utils.finetune.sft import SFTStageConfig, build_sft_trainer, prepare_sft_data
     from utils.lm.metrics import memory_mb
     from utils.lm.templates import get_template

@@ -1,5 +1,5 @@
-"""Fine-tuning data for stages 03 (SFT) and 04 (DPO): every supported format read into one shape, validated,
-split, and tokenized with the shared prompt templates.
+"""Fine-tuning data for stages 03 (SFT) and 04 (DPO): every supported format read into one shape, validated and
+split (the records come from utils.finetune.sources; tokenization is in utils.finetune.tokenization).
 
 SFT formats (detected from the first item; every item must then have that format's fields):
   prompt_response  {"prompt", "response"} (+ optional "system"; "answer" = the gold span of a demo question)
@@ -13,52 +13,30 @@ DPO formats:
   hh               {"chosen", "rejected"} full hh-rlhf dialogues, split at the last "\\n\\nAssistant:"
   ultrafeedback    {"prompt", "chosen": [messages], "rejected": [messages]} (HuggingFaceH4/ultrafeedback_binarized)
 
-Inputs: a .json list, .jsonl, either gzipped, a directory of such files, or a Hugging Face dataset id (network).
 Items that cannot be trained on (empty answers, hh pairs with identical answers or different prompts) are dropped
 and counted; an item missing a field is an error naming its index and the fields it has.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from utils.core.errors import DataError
-from utils.core.hub import PublicDataset, load_hub_split, mirror_matches, mirror_root
-from utils.lm.templates import ROLES, Message, PromptTemplate
+from utils.finetune.sources import DPO_HUB_DATASETS, SFT_HUB_DATASETS, read_records
+from utils.lm.templates import ROLES, Message
 
 log = logging.getLogger(__name__)
 
-DATA_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
 HH_ASSISTANT = "\n\nAssistant:"
 HH_TURN_RE = re.compile(r"\n\n(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
-IGNORE_INDEX = -100
-
-
-@dataclass(frozen=True)
-class HubDataset:
-    split: str
-    subset: str | None = None
-    mirror: tuple[str, ...] = ()  # where a LUMI_DATA_DIR mirror keeps it, in the release's own format
-
-
-# Hub ids the stages know; any other id is loaded with split "train" and its format detected like a file's.
-SFT_HUB_DATASETS = {"tatsu-lab/alpaca": HubDataset("train", mirror=("alpaca/*.json",)),
-                    "OpenAssistant/oasst1": HubDataset("train", mirror=("oasst1/*.jsonl.gz", "oasst1/*.jsonl")),
-                    "databricks/databricks-dolly-15k": HubDataset("train", mirror=("dolly/*.jsonl",))}
-DPO_HUB_DATASETS = {"Anthropic/hh-rlhf": HubDataset("train", mirror=("hh-rlhf/*/*.jsonl.gz",)),
-                    "HuggingFaceH4/ultrafeedback_binarized": HubDataset(
-                        "train_prefs", mirror=("ultrafeedback_binarized/*.jsonl", "ultrafeedback_binarized/*.parquet"))}
 
 
 @dataclass(frozen=True)
@@ -91,89 +69,6 @@ class DataReport:
     def as_dict(self) -> dict[str, Any]:
         return {"source": self.source, "format": self.format, "items": self.items, "kept": self.kept,
                 "dropped": dict(self.dropped)}
-
-
-# ---------------------------------------------------------------- reading records
-
-
-def _open_text(path: Path) -> Any:
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
-
-
-def _read_file(path: Path) -> list[dict[str, Any]]:
-    with _open_text(path) as fh:
-        if path.name.endswith((".jsonl", ".jsonl.gz")):
-            records = []
-            for line_no, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{path}: line {line_no} is not valid JSON ({exc.msg})") from exc
-            return records
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-    if not isinstance(data, list):
-        raise DataError(f"{path}: a .json dataset must hold a list of items, got {type(data).__name__}; "
-                        f"use a JSON list or JSON lines (.jsonl)")
-    return data
-
-
-def _data_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES))
-    if not files:
-        raise DataError(f"{path} holds no dataset files ({', '.join(DATA_SUFFIXES)})")
-    return files
-
-
-def public_dataset(dataset_id: str, hub: HubDataset) -> PublicDataset:
-    return PublicDataset(dataset_id, dataset_id, hub.subset, hub.split, hub.mirror)
-
-
-def _load_hub(dataset_id: str, hub: HubDataset) -> list[dict[str, Any]]:
-    """Rows of a hub dataset, or of its copy in the LUMI_DATA_DIR mirror when that is set."""
-    dataset = public_dataset(dataset_id, hub)
-    root = mirror_root()
-    if root is None:
-        try:
-            return list(load_hub_split(dataset))
-        except DataError as exc:
-            raise DataError(f"{exc}\nOr pass a local file with --dataset_path (.json list, .jsonl or .jsonl.gz).") \
-                from exc
-    files = mirror_matches(dataset, root)
-    if not files:
-        where = " or ".join(hub.mirror) or "(no mirror layout is known for this id: pass a local --dataset_path)"
-        raise DataError(f"{dataset_id} is not in the mirror LUMI_DATA_DIR={root}: expected {where}. Add it there, "
-                        f"or unset LUMI_DATA_DIR to download it from the Hugging Face Hub.")
-    log.info("%s: reading the mirror copy (%s)", dataset_id, ", ".join(str(f) for f in files))
-    return [r for file in files for r in _read_file(file)]
-
-
-def _looks_like_hub_id(source: str) -> bool:
-    """"owner/name" without a data-file suffix: a missing local file is reported as missing, not looked up."""
-    return source.count("/") == 1 and not source.startswith((".", "/")) and not source.endswith(DATA_SUFFIXES)
-
-
-def read_records(source: str, known_hub: dict[str, HubDataset]) -> list[dict[str, Any]]:
-    """Every record of a local file/directory, or of a Hugging Face dataset when `source` is not a local path."""
-    path = Path(source)
-    if path.exists():
-        records = [r for file in _data_files(path) for r in _read_file(file)]
-    elif source in known_hub or _looks_like_hub_id(source):
-        records = _load_hub(source, known_hub.get(source, HubDataset("train")))
-    else:
-        raise DataError(f"dataset not found: {source}. Pass a .json/.jsonl(.gz) file, a directory of them, or a "
-                        f"Hugging Face dataset id ({', '.join(known_hub)})")
-    if not records:
-        raise DataError(f"dataset {source} is empty: it holds no items")
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise DataError(f"{source}: item {index} is a {type(record).__name__}, not a JSON object")
-    return records
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -433,104 +328,3 @@ def seeded_split(items: Sequence[Any], count: int, seed: int) -> tuple[list[Any]
 def split_count(total: int, fraction: float) -> int:
     """How many of `total` items a validation fraction takes: at least one when the fraction is positive."""
     return max(1, round(total * fraction)) if fraction > 0 else 0
-
-
-# ---------------------------------------------------------------- tokenization
-
-
-@dataclass
-class LengthReport:
-    """Sequences longer than the model's context: truncated (and counted) or, with --strict, an error."""
-
-    max_length: int
-    sequences: int = 0
-    truncated: int = 0
-    dropped: int = 0  # the prompt alone fills max_length: no answer token would remain to learn from
-    longest: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {"max_length": self.max_length, "sequences": self.sequences, "truncated": self.truncated,
-                "dropped_prompt_too_long": self.dropped, "longest": self.longest}
-
-
-def _check_length(report: LengthReport, length: int, prompt_length: int, index: int, strict: bool,
-                  source: str) -> None:
-    report.sequences += 1
-    report.longest = max(report.longest, length)
-    if length <= report.max_length:
-        return
-    if strict:
-        raise DataError(f"{source}: item {index} is {length} tokens, longer than max_length {report.max_length} "
-                        f"(the model's context at most). Shorten or drop it, or run without --strict to truncate.")
-    if prompt_length >= report.max_length:
-        report.dropped += 1
-    else:
-        report.truncated += 1
-
-
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def sft_segments(messages: list[Message], template: PromptTemplate) -> list[tuple[str, bool]]:
-    """(text, trained) spans: each assistant answer and its closing marker is trained; everything before it
-    (system, user turns and the template's generation prompt) is context."""
-    segments, start = [], 0
-    for position, message in enumerate(messages):
-        if message["role"] == "assistant":
-            segments.append((template.render(messages[start:position], add_generation_prompt=True), False))
-            segments.append((message["content"] + template.assistant_close, True))
-            start = position + 1
-    return segments
-
-
-def tokenize_sft(examples: Iterable[SFTExample], tokenizer: Any, template: PromptTemplate, max_length: int,
-                 strict: bool, source: str) -> tuple[list[dict[str, list[int]]], LengthReport]:
-    """Rows {input_ids, completion_mask} with EOS appended (trained). Each context span is tokenized on its own,
-    exactly as the prompt is at inference, so training and generation see the same prompt tokens. Rows longer
-    than max_length are left for the trainer to truncate (keep the start) and counted here."""
-    report = LengthReport(max_length)
-    rows = []
-    for example in examples:
-        ids, mask = [], []
-        prompt_length = None
-        for text, trained in sft_segments(example.messages, template):
-            tokens = _encode(tokenizer, text)
-            ids += tokens
-            mask += [int(trained)] * len(tokens)
-            if prompt_length is None:
-                prompt_length = len(ids)
-        ids.append(tokenizer.eos_token_id)
-        mask.append(1)
-        _check_length(report, len(ids), prompt_length or 0, example.index, strict, source)
-        rows.append({"input_ids": ids, "completion_mask": mask})
-    _log_lengths(report, source)
-    return rows, report
-
-
-def dpo_rows(pairs: Iterable[PreferencePair], template: PromptTemplate) -> list[dict[str, str]]:
-    """TRL's text preference format, rendered with our template: the prompt ends with the generation prompt, each
-    answer with the template's closing marker (TRL appends EOS)."""
-    return [{"prompt": template.render(p.prompt, add_generation_prompt=True),
-             "chosen": p.chosen + template.assistant_close, "rejected": p.rejected + template.assistant_close}
-            for p in pairs]
-
-
-def check_dpo_lengths(pairs: Sequence[PreferencePair], rows: Sequence[dict[str, str]], tokenizer: Any,
-                      max_length: int, strict: bool, source: str) -> LengthReport:
-    """Count the pairs the trainer will truncate (keep the start) or drop (prompt alone fills max_length)."""
-    report = LengthReport(max_length)
-    for pair, row in zip(pairs, rows, strict=True):
-        prompt = len(_encode(tokenizer, row["prompt"]))
-        answer = max(len(_encode(tokenizer, row["chosen"])), len(_encode(tokenizer, row["rejected"])))
-        _check_length(report, prompt + answer + 1, prompt, pair.index, strict, source)  # + EOS
-    _log_lengths(report, source)
-    return report
-
-
-def _log_lengths(report: LengthReport, source: str) -> None:
-    if report.truncated or report.dropped:
-        log.warning("%s: %d of %d sequences exceed max_length %d (longest %d tokens): %d truncated, %d dropped "
-                    "because the prompt alone fills the context (--strict makes this an error)", source,
-                    report.truncated + report.dropped, report.sequences, report.max_length, report.longest,
-                    report.truncated, report.dropped)

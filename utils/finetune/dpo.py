@@ -19,19 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from utils.finetune.common import (
-    FinetuneConfig,
-    Measurement,
-    StageData,
-    StageSpec,
-    TrainingModel,
-    held_out_set,
-    peft_config_for,
-    run_finetune,
-    trainer_arguments,
-    validation_set,
-)
-from utils.finetune.datasets import LengthReport, PreferencePair, check_dpo_lengths, dpo_rows, load_preference_pairs
+from utils.finetune.config import FinetuneConfig
+from utils.finetune.datasets import PreferencePair, load_preference_pairs
+from utils.finetune.gain import Measurement, held_out_set, validation_set
+from utils.finetune.models import TrainingModel, peft_config_for
+from utils.finetune.runner import StageData, StageSpec, run_finetune
+from utils.finetune.tokenization import LengthReport, check_dpo_lengths, dpo_rows
+from utils.finetune.trainer import trainer_arguments
 from utils.lm.scoring import LoglikelihoodScorer
 from utils.lm.templates import PromptTemplate
 

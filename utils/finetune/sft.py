@@ -1,8 +1,8 @@
 """Stage 03: supervised fine-tuning with TRL's SFTTrainer (LoRA through PEFT, or --full), loss on answers only.
 
-Data are tokenized here (utils.finetune.datasets.tokenize_sft): every context span exactly as the prompt is tokenized at
-inference, every answer with its closing marker trained, EOS appended and trained. TRL receives {input_ids,
-completion_mask} and builds labels = -100 outside the completion, truncating to max_length.
+Data are tokenized here (utils.finetune.tokenization.tokenize_sft): every context span exactly as the prompt is
+tokenized at inference, every answer with its closing marker trained, EOS appended and trained. TRL receives
+{input_ids, completion_mask} and builds labels = -100 outside the completion, truncating to max_length.
 
 The gain is measured on held-out items before and after training, on any data: the response-token loss (mean
 negative log-likelihood in nats of the reference answer's tokens, EOS included, given the prompt). Where the items
@@ -21,19 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.finetune.common import (
-    FinetuneConfig,
-    Measurement,
-    StageData,
-    StageSpec,
-    TrainingModel,
-    held_out_set,
-    peft_config_for,
-    run_finetune,
-    trainer_arguments,
-    validation_set,
-)
-from utils.finetune.datasets import SFTExample, load_sft_examples, tokenize_sft
+from utils.finetune.config import FinetuneConfig
+from utils.finetune.datasets import SFTExample, load_sft_examples
+from utils.finetune.gain import Measurement, held_out_set, validation_set
+from utils.finetune.models import TrainingModel, peft_config_for
+from utils.finetune.runner import StageData, StageSpec, run_finetune
+from utils.finetune.tokenization import tokenize_sft
+from utils.finetune.trainer import trainer_arguments
 from utils.lm.generation import GenerationParams, generate_ids
 from utils.lm.templates import PromptTemplate
 

@@ -26,7 +26,7 @@ from utils.core.hub import PublicDataset, check_available
 from utils.core.records import read_records
 from utils.data.config import DataConfig, hub_dataset
 from utils.eval.tasks import task_dataset
-from utils.finetune.datasets import DPO_HUB_DATASETS, SFT_HUB_DATASETS, public_dataset
+from utils.finetune.sources import DPO_HUB_DATASETS, SFT_HUB_DATASETS, public_dataset
 from utils.lm.memory import RTX_4090_GB, estimate, max_batch_size
 from utils.lm.model import PRESET_NAMES, count_parameters, load_preset
 from utils.sessions.diagnostics import model_directories
@@ -80,7 +80,7 @@ def _gain(meta_path: Path) -> str:
     gain = read_json(meta_path).get("gain") if meta_path.is_file() else None
     if not gain:
         return "n/a"
-    from utils.finetune.common import format_score  # torch and transformers: not on the session's start-up path
+    from utils.finetune.gain import format_score  # torch and transformers: not on the session's start-up path
 
     before, after = format_score(gain["metric"], gain["before"]), format_score(gain["metric"], gain["after"])
     return f"{gain['metric']} {before} → {after} (n={gain['n']})"
