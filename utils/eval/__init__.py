@@ -1,1 +1,8 @@
-"""Stage 05: tasks, evaluation, quality and assessment, lm-eval comparison."""
+"""Stage 05 (scripts/05_evaluate.py): benchmarks, perplexity, smoke prompts, a report.
+
+tasks            HellaSwag, ARC, BoolQ, WikiText loaders in their original formats, lm-eval's prompts
+evaluate         EvalConfig, evaluate_model: the tasks, the smoke prompts, results.json and report.md
+quality          the smoke-response quality heuristics
+assessment       verdicts against expected ranges per size class, recommendations
+lm_eval_compare  item-by-item agreement with lm-evaluation-harness itself
+"""
