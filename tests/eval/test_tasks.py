@@ -8,6 +8,7 @@ some with rows copied from the original HellaSwag release to pin lm-eval's query
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from pathlib import Path
@@ -86,6 +87,16 @@ def test_hellaswag_original_rows_give_lm_eval_queries(tmp_path: Path) -> None:
     assert [item.gold for item in items] == [3, 3, 1, 0]
     assert items[0].choices == ORIGINAL_HELLASWAG[0]["endings"]
     assert items[3].choices == EXPECTED_WIKIHOW_CHOICES
+
+
+def test_gzipped_and_array_files_give_the_same_items(tmp_path: Path) -> None:
+    """The one row reader: a .jsonl.gz copy and a .json array read like the .jsonl release."""
+    plain = _write_jsonl(tmp_path / "val.jsonl", ORIGINAL_HELLASWAG)
+    (tmp_path / "val.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    (tmp_path / "val.json").write_text(json.dumps(ORIGINAL_HELLASWAG))
+    expected = load_task("hellaswag", plain, None)
+    assert load_task("hellaswag", tmp_path / "val.jsonl.gz", None) == expected
+    assert load_task("hellaswag", tmp_path / "val.json", None) == expected
 
 
 def test_ctx_only_rows_recover_the_ctx_b_split(tmp_path: Path) -> None:

@@ -26,6 +26,20 @@ def _write(path: Path, rows: list[dict] | list, jsonl: bool = False) -> Path:
     return path
 
 
+def test_files_follow_the_one_row_rule_of_every_stage(tmp_path: Path) -> None:
+    """JSON lines named .json or .jsonl.gz read like .jsonl; a bad line stops the stage naming file:line."""
+    rows = [{"prompt": "Q1", "response": "A1"}, {"prompt": "Q2", "response": "A2"}]
+    lines = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "lines.json").write_text(lines)
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    for name in ("lines.json", "d.jsonl.gz"):
+        assert load_sft_examples(str(tmp_path / name))[1].kept == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(lines + "{oops\n")
+    with pytest.raises(DataError, match=f"{bad}:3: invalid JSON"):
+        load_sft_examples(str(bad))
+
+
 # ---------------------------------------------------------------- SFT formats
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from utils.core.errors import DataError
-from utils.finetune.sources import DPO_HUB_DATASETS, SFT_HUB_DATASETS, read_records
+from utils.finetune.sources import DPO_HUB_DATASETS, SFT_HUB_DATASETS, load_records
 from utils.lm.templates import ROLES, Message
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def _nonempty_answer(example: SFTExample) -> bool:
 
 def load_sft_examples(source: str, max_samples: int | None = None) -> tuple[list[SFTExample], DataReport]:
     """Read any SFT format into conversations ending with an assistant turn; drop (and count) empty answers."""
-    records = read_records(source, SFT_HUB_DATASETS)
+    records = load_records(source, SFT_HUB_DATASETS)
     fmt = _detect(records[0], SFT_FORMATS, source)
     report = DataReport(source, fmt, items=len(records))
     if fmt == "oasst":
@@ -285,7 +285,7 @@ DPO_PARSERS = {"explicit": _dpo_explicit, "hh": _dpo_hh, "ultrafeedback": _dpo_u
 
 def load_preference_pairs(source: str, max_samples: int | None = None) -> tuple[list[PreferencePair], DataReport]:
     """Read any DPO format into (prompt messages, chosen, rejected); unusable pairs are dropped and counted."""
-    records = read_records(source, DPO_HUB_DATASETS)
+    records = load_records(source, DPO_HUB_DATASETS)
     fmt = _detect(records[0], DPO_FORMATS, source)
     report = DataReport(source, fmt, items=len(records))
     required, parse = DPO_FORMATS[fmt][1], DPO_PARSERS[fmt]

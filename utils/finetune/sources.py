@@ -1,11 +1,10 @@
 """Where the records of stages 03 and 04 come from: a .json list, .jsonl, either gzipped, a directory of such
-files, or a Hugging Face dataset id (network), read from the LUMI_DATA_DIR mirror when that is set. Every record
-must be a JSON object; the hub ids the stages know are listed here with their mirror layout."""
+files (read by the one row reader, utils/core/records.py), or a Hugging Face dataset id (network), read from the
+LUMI_DATA_DIR mirror when that is set. Every record must be a JSON object; the hub ids the stages know are listed
+here with their mirror layout."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +12,9 @@ from typing import Any
 
 from utils.core.errors import DataError
 from utils.core.hub import PublicDataset, load_hub_split, mirror_matches, mirror_root
+from utils.core.records import RECORD_SUFFIXES, is_record_file, read_records
 
 log = logging.getLogger(__name__)
-
-DATA_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
-
 
 @dataclass(frozen=True)
 class HubDataset:
@@ -35,37 +32,12 @@ DPO_HUB_DATASETS = {"Anthropic/hh-rlhf": HubDataset("train", mirror=("hh-rlhf/*/
                         "train_prefs", mirror=("ultrafeedback_binarized/*.jsonl", "ultrafeedback_binarized/*.parquet"))}
 
 
-def _open_text(path: Path) -> Any:
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
-
-
-def _read_file(path: Path) -> list[dict[str, Any]]:
-    with _open_text(path) as fh:
-        if path.name.endswith((".jsonl", ".jsonl.gz")):
-            records = []
-            for line_no, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{path}: line {line_no} is not valid JSON ({exc.msg})") from exc
-            return records
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-    if not isinstance(data, list):
-        raise DataError(f"{path}: a .json dataset must hold a list of items, got {type(data).__name__}; "
-                        f"use a JSON list or JSON lines (.jsonl)")
-    return data
-
-
 def _data_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES))
+    files = sorted(p for p in path.rglob("*") if p.is_file() and is_record_file(p))
     if not files:
-        raise DataError(f"{path} holds no dataset files ({', '.join(DATA_SUFFIXES)})")
+        raise DataError(f"{path} holds no dataset files ({', '.join(RECORD_SUFFIXES)}, optionally .gz)")
     return files
 
 
@@ -89,19 +61,19 @@ def _load_hub(dataset_id: str, hub: HubDataset) -> list[dict[str, Any]]:
         raise DataError(f"{dataset_id} is not in the mirror LUMI_DATA_DIR={root}: expected {where}. Add it there, "
                         f"or unset LUMI_DATA_DIR to download it from the Hugging Face Hub.")
     log.info("%s: reading the mirror copy (%s)", dataset_id, ", ".join(str(f) for f in files))
-    return [r for file in files for r in _read_file(file)]
+    return [r for file in files for r in read_records(file)]
 
 
 def _looks_like_hub_id(source: str) -> bool:
     """"owner/name" without a data-file suffix: a missing local file is reported as missing, not looked up."""
-    return source.count("/") == 1 and not source.startswith((".", "/")) and not source.endswith(DATA_SUFFIXES)
+    return source.count("/") == 1 and not source.startswith((".", "/")) and not is_record_file(Path(source))
 
 
-def read_records(source: str, known_hub: dict[str, HubDataset]) -> list[dict[str, Any]]:
+def load_records(source: str, known_hub: dict[str, HubDataset]) -> list[dict[str, Any]]:
     """Every record of a local file/directory, or of a Hugging Face dataset when `source` is not a local path."""
     path = Path(source)
     if path.exists():
-        records = [r for file in _data_files(path) for r in _read_file(file)]
+        records = [r for file in _data_files(path) for r in read_records(file)]
     elif source in known_hub or _looks_like_hub_id(source):
         records = _load_hub(source, known_hub.get(source, HubDataset("train")))
     else:
