@@ -6,7 +6,7 @@ Rows, in order; each is timed and ends ok, failed (the error is recorded and the
   tiny-resume     tiny at batch 64 for 300 steps, evaluation (samples, multiple choice) and saves every 100; then a
                   second run resumed from step 100: per-step losses compared (exact or the largest difference)
   base-eager, base-grad-ckpt, base-compile
-                  base at 16x1024 bf16 (the real training step, utils/benchmarks/common.train_measure_case): tokens/s, MFU
+                  base at 16x1024 bf16 (the real training step, utils/benchmarks/train.measure_case): tokens/s, MFU
                   against the device peak, peak allocated and reserved memory against a 4090's 22 GiB, the
                   estimate of utils/lm/memory, one checkpoint save
   fused-loss      our fused linear cross-entropy against HF's loss: values, gradients, time, memory
@@ -258,7 +258,7 @@ def _median_or_none(values: list[float | None]) -> float | None:
 
 
 def check_base(ctx: Context, compiled: bool, checkpointing: bool) -> tuple[dict[str, Any], str]:
-    from utils.benchmarks.common import TrainCase, train_measure_case
+    from utils.benchmarks.train import Case, measure_case
     from utils.lm.memory import estimate
     from utils.lm.model import load_preset
 
@@ -267,10 +267,10 @@ def check_base(ctx: Context, compiled: bool, checkpointing: bool) -> tuple[dict[
         raise NotRun("dry run: torch.compile's first step takes ~30 s on a CPU; the GPU run measures it")
     saves = 0 if compiled or checkpointing else 1
     preset = tiny_preset_path(ctx) if sizes.base_preset == "dry-run" else sizes.base_preset
-    case = TrainCase(preset, sizes.base_batch, sizes.base_max_length, ctx.precision, compiled,
-                     checkpointing, device=ctx.device, reference=False, checkpoint_saves=saves,
-                     rounds=sizes.base_rounds)
-    result = train_measure_case(case, ctx.need("data"))
+    case = Case(preset, sizes.base_batch, sizes.base_max_length, ctx.precision, compiled,
+                checkpointing, device=ctx.device, reference=False, checkpoint_saves=saves,
+                rounds=sizes.base_rounds)
+    result = measure_case(case, ctx.need("data"))
     predicted = estimate(load_preset(preset).model, sizes.base_batch, sizes.base_max_length,
                          checkpointing, fused_loss=not compiled)
     reserved = result.peak_reserved_mib
