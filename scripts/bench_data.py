@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks.common import TargetMissed, data_format_report, data_run_benchmark, emit_report  # noqa: E402
+from utils.benchmarks.common import TargetMissed, emit_report  # noqa: E402
+from utils.benchmarks.data import format_report, run_benchmark  # noqa: E402
 from utils.core.cli import run_main  # noqa: E402
 
 DEFAULT_VOCAB_SIZE = 16384
@@ -49,8 +50,8 @@ def main() -> None:
     work = contextlib.nullcontext(str(args.output_dir)) if args.output_dir else \
         tempfile.TemporaryDirectory(prefix="lumi-bench-data-")
     with work as work_dir:
-        result = data_run_benchmark(Path(work_dir), args.vocab_size, args.copies)
-    emit_report(data_format_report(result), result, args.json)
+        result = run_benchmark(Path(work_dir), args.vocab_size, args.copies)
+    emit_report(format_report(result), result, args.json)
     missed = [check.name for check in result.checks if not check.passed]
     if missed:
         raise TargetMissed(f"{len(missed)} target(s) missed: {'; '.join(missed)}")

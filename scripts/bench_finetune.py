@@ -16,20 +16,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks.common import (  # noqa: E402
-    FINETUNE_DATASET,
-    FINETUNE_MODEL,
-    emit_report,
-    finetune_format_report,
-    finetune_run_benchmark,
-)
+from utils.benchmarks.common import emit_report  # noqa: E402
+from utils.benchmarks.finetune import DATASET, MODEL, format_report, run_benchmark  # noqa: E402
 from utils.core.cli import run_main  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", type=Path, default=FINETUNE_MODEL, help="HF model directory to fine-tune")
-    parser.add_argument("--dataset_path", type=Path, default=FINETUNE_DATASET, help="SFT data (any stage 03 format)")
+    parser.add_argument("--model_path", type=Path, default=MODEL, help="HF model directory to fine-tune")
+    parser.add_argument("--dataset_path", type=Path, default=DATASET, help="SFT data (any stage 03 format)")
     parser.add_argument("--json", type=Path, default=None, help="also save the results to this JSON file")
     return parser.parse_args()
 
@@ -37,8 +32,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory(prefix="lumi-bench-finetune-") as work_dir:
-        result = finetune_run_benchmark(Path(work_dir), args.model_path, args.dataset_path)
-    emit_report(finetune_format_report(result), result, args.json)
+        result = run_benchmark(Path(work_dir), args.model_path, args.dataset_path)
+    emit_report(format_report(result), result, args.json)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks.common import TargetMissed, emit_report, serve_format_report, serve_run_benchmark  # noqa: E402
+from utils.benchmarks.common import TargetMissed, emit_report  # noqa: E402
+from utils.benchmarks.serve import format_report, run_benchmark  # noqa: E402
 from utils.core.cli import run_main  # noqa: E402
 
 
@@ -36,8 +37,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory(prefix="lumi-bench-serve-") as work_dir:
-        result = serve_run_benchmark(args.model_path, Path(work_dir))
-    emit_report(serve_format_report(result), result, args.json)
+        result = run_benchmark(args.model_path, Path(work_dir))
+    emit_report(format_report(result), result, args.json)
     missed = [check.name for check in result.checks if not check.passed]
     if missed:
         raise TargetMissed(f"{len(missed)} check(s) missed: {'; '.join(missed)}")

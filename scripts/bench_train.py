@@ -21,15 +21,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks.common import TRAIN_ROUNDS, TargetMissed, emit_report, train_format_report, train_run_benchmark  # noqa: E402
+from utils.benchmarks.common import TargetMissed, emit_report  # noqa: E402
+from utils.benchmarks.train import ROUNDS, format_report, run_benchmark  # noqa: E402
 from utils.core.cli import run_main  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="measure tiny only (a fast check of the benchmark)")
-    parser.add_argument("--rounds", type=int, default=TRAIN_ROUNDS,
-                        help=f"alternating timing blocks per configuration (default: {TRAIN_ROUNDS})")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help=f"alternating timing blocks per configuration (default: {ROUNDS})")
     parser.add_argument("--json", type=Path, default=None, help="also save the results to this JSON file")
     args = parser.parse_args()
     if args.rounds < 1:
@@ -40,8 +41,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     with tempfile.TemporaryDirectory(prefix="lumi-bench-train-data-") as work_dir:
-        result = train_run_benchmark(Path(work_dir), args.quick, args.rounds)
-    emit_report(train_format_report(result), result, args.json)
+        result = run_benchmark(Path(work_dir), args.quick, args.rounds)
+    emit_report(format_report(result), result, args.json)
     missed = [check.name for check in result.checks if not check.passed]
     if missed:
         raise TargetMissed(f"{len(missed)} target(s) missed: {'; '.join(missed)}")

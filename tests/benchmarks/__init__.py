@@ -1,1 +1,1 @@
-"""Tests of utils.benchmarks.common, one file per module."""
+"""Tests of utils.benchmarks, one file per module."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from utils.benchmarks.gpu_check import GpuCheckConfig, format_report, pinned_versions, plan, run_gpu_check
+from utils.benchmarks.gpu_check import GpuCheckConfig, format_report, plan, run_gpu_check
+from utils.benchmarks.gpu_rows import pinned_versions
 from utils.core.errors import LumiError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,1 +1,13 @@
-"""make bench-* and make gpu-check."""
+"""make bench-* and make gpu-check: measured figures, and PASS/FAIL against named targets.
+
+common           what every benchmark shares: TargetCheck/TargetMissed, machine_info, tables and figures,
+                 emit_report, run_in_fresh_process and the peak-RSS helper
+data             make bench-data: stage 01 throughput per stage and end to end, peak memory at 1x and Nx, MinHash
+train            make bench-train: stage 02 tokens/s, MFU and memory of our step beside the reference; checkpoint saves
+reference_llama  the plain-PyTorch LLaMA training step (TrainReference) that make bench-train compares ours against
+serve            make bench-serve: stage 06 batch-1 TTFT and decode tok/s; 64 concurrent streams (200/429, memory)
+finetune         make bench-finetune: LoRA vs full SFT, steps/s, tokens/s and peak memory
+gpu_check        make gpu-check: the sizes, the plan of rows, the run (one process) and its report
+gpu_rows         make gpu-check's rows: their Context and sizes, and each check (data, pretraining, fine-tuning,
+                 evaluation, serving, flash-attn)
+"""
