@@ -6,6 +6,7 @@
    the library (`loop._train_step` from a benchmark).
 3. No module is longer than MAX_MODULE_LINES.
 4. `__init__.py` holds a docstring only, so importing a package imports nothing heavy (torch least of all).
+5. ARCHITECTURE.md's package table lists every package with its layer and exactly its modules.
 
     .venv/bin/python -m pytest tests/test_layering.py -q
 """
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -212,3 +214,14 @@ def test_the_checker_catches_each_kind_of_violation(tmp_path: Path) -> None:
     assert not layer_violations([module("utils.train.pretrain", "from utils.eval.tasks import load_task\n")])
     assert private_violations([private]) and private_violations([attribute, owner])
     assert not private_violations([owner])
+
+
+def test_the_architecture_table_lists_every_package_and_module() -> None:
+    """ARCHITECTURE.md's package table: one row per package, its layer, and exactly the modules on disk."""
+    rows = re.findall(r"^\| `utils/(\w+)/` \| (\d) \| ([\w, ]+) \|", (REPO_ROOT / "ARCHITECTURE.md").read_text(),
+                      re.MULTILINE)
+    documented = {package: (int(layer), sorted(m.strip() for m in modules.split(","))) for package, layer, modules
+                  in rows}
+    on_disk = {package: (layer, sorted(p.stem for p in (LIBRARY / package).glob("*.py") if p.stem != "__init__"))
+               for package, layer in LAYERS.items()}
+    assert documented == on_disk
