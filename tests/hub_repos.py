@@ -73,7 +73,7 @@ def super_glue(mirror: Path) -> dict[str, bytes]:
 
 
 def wikitext_document_level(mirror: Path) -> dict[str, bytes]:
-    from utils.eval.tasks import split_wikitext_pages
+    from utils.eval.wikitext import split_wikitext_pages
 
     pages = split_wikitext_pages((mirror / "wikitext-2" / "wiki.valid.tokens").read_text(encoding="utf-8"))
     return {"README.md": readme({"wikitext-2-raw-v1": {"test": "wikitext-2-raw-v1/test-*"}}),

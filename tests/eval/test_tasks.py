@@ -10,24 +10,15 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 from pathlib import Path
 
 import pytest
 
 from utils.core.errors import ConfigError, DataError
 from utils.data.demo_corpus import generate_demo_corpus
-from utils.eval.tasks import (
-    TASKS,
-    baseline_accuracy,
-    hellaswag_preprocess,
-    hellaswag_query,
-    load_task,
-    load_wikitext_documents,
-    split_wikitext_pages,
-    wikitext_detokenizer,
-)
-from utils.lm.documents import MultipleChoiceItem, count_words
+from utils.eval.tasks import TASKS, baseline_accuracy, hellaswag_preprocess, hellaswag_query, load_task
+from utils.eval.wikitext import load_wikitext_documents
+from utils.lm.documents import MultipleChoiceItem
 
 # Rows of the original rowanz/hellaswag hellaswag_val.jsonl (ctx_b is lowercase there; lm-eval capitalises it).
 ORIGINAL_HELLASWAG = [
@@ -218,38 +209,3 @@ def test_unknown_task_and_missing_files(tmp_path: Path) -> None:
         load_task("boolq", tmp_path, None)
     with pytest.raises(DataError, match="lacks field 'passage'"):
         load_task("boolq", _write_jsonl(tmp_path / "x.jsonl", [{"question": "q", "answer": True}]), None)
-
-
-# ---------------------------------------------------------------- WikiText
-
-
-def test_wikitext_detokenizer_on_a_known_string() -> None:
-    page = " = Homarus gammarus = \n \n The lobster 's claws , 1 @,@ 000 @-@ year ( 24 in ) . \n"
-    assert wikitext_detokenizer(page) == " = Homarus gammarus =\n\nThe lobster's claws, 1,000-year (24 in).\n"
-    assert wikitext_detokenizer(" = = Sub = = \n") == " == Sub ==\n"
-
-
-def test_word_count_is_lm_eval_split_count() -> None:
-    assert count_words(" a b\n") == 4  # re.split(r"\s+") keeps the empty edges: ['', 'a', 'b', '']
-
-
-def test_split_pages_at_top_level_headings_only() -> None:
-    text = " \n = First = \n \n Text . \n = = Section = = \n More . \n = Second = \n Body . \n"
-    pages = split_wikitext_pages(text)
-    assert pages == [" = First = \n \n Text . \n = = Section = = \n More . ", " = Second = \n Body . \n"]
-
-
-def test_shared_wikitext_tokens_file_splits_into_articles(shared_data: Path) -> None:
-    path = shared_data / "wikitext-2/wiki.valid.tokens"
-    text = path.read_text(encoding="utf-8")
-    headings = re.findall(r"^ = [^=].* = $", text, flags=re.MULTILINE)
-    documents = load_wikitext_documents(shared_data)  # finds wikitext-2/wiki.valid.tokens
-    assert len(documents) == len(headings) == 60
-    pages = split_wikitext_pages(text)
-    assert "\n".join(pages) == text.split("\n", 1)[1]  # nothing lost but the blank first line
-    assert pages[0].startswith(" = Homarus gammarus = \n")
-    first = documents[0]
-    assert first.text == wikitext_detokenizer(pages[0])
-    # Counted on the original page, as lm-eval's wikitext process_results does, not on the detokenized text.
-    assert (first.words, first.bytes) == (len(re.split(r"\s+", pages[0])), len(pages[0].encode("utf-8")))
-    assert first.words != count_words(first.text)

@@ -8,6 +8,6 @@ reference_llama  the plain-PyTorch LLaMA training step (TrainReference) that mak
 serve            make bench-serve: stage 06 batch-1 TTFT and decode tok/s; 64 concurrent streams (200/429, memory)
 finetune         make bench-finetune: LoRA vs full SFT, steps/s, tokens/s and peak memory
 gpu_check        make gpu-check: the sizes, the plan of rows, the run (one process) and its report
-gpu_rows         make gpu-check's rows: their Context and sizes, and each check (data, pretraining, fine-tuning,
-                 evaluation, serving, flash-attn)
+gpu_rows         make gpu-check's rows: their Context and sizes; the environment, data and pretraining checks
+gpu_stage_rows   make gpu-check's rows of stages 03-06: SFT, DPO, evaluation, the API under load, flash-attn
 """

@@ -20,7 +20,7 @@ Rows run in this one process, one after another (the Accelerate state, determini
 are reset between them): a fresh interpreter per row would pay the ~15 s of imports nine times.
 --dry_run runs the same rows with tiny sizes on whatever device there is (a CPU: about a minute); its figures
 say nothing about a GPU. This module holds the sizes, the plan, the run and the report; utils/benchmarks/gpu_rows.py
-holds the rows' checks.
+(environment, data, pretraining) and gpu_stage_rows.py (fine-tuning, evaluation, serving, flash-attn) the checks.
 """
 
 from __future__ import annotations
@@ -42,16 +42,12 @@ from utils.benchmarks.gpu_rows import (
     Context,
     NotRun,
     check_base,
-    check_dpo,
     check_environment,
-    check_evaluate,
-    check_flash_attn,
     check_fused_loss,
-    check_serve,
-    check_sft,
     check_tiny_resume,
     prepare_data,
 )
+from utils.benchmarks.gpu_stage_rows import check_dpo, check_evaluate, check_flash_attn, check_serve, check_sft
 from utils.core.errors import LumiError
 
 log = logging.getLogger(__name__)

@@ -22,10 +22,12 @@ from utils.core.errors import DataError
 from utils.core.hub import check_available, mirror_root
 from utils.eval.assessment import load_expectations, render_assessment
 from utils.eval.quality import WEIGHTS, assess_response
-from utils.eval.tasks import TASKS, baseline_accuracy, load_task, load_wikitext_documents, task_dataset
+from utils.eval.tasks import TASKS, baseline_accuracy, load_task, task_dataset
+from utils.eval.wikitext import load_wikitext_documents
 from utils.lm.generation import GenerationParams, generate_ids
 from utils.lm.loading import LoadedModel, load_model
-from utils.lm.scoring import LoglikelihoodScorer, aggregate, rolling_loglikelihood, score_multiple_choice
+from utils.lm.perplexity import rolling_loglikelihood
+from utils.lm.scoring import LoglikelihoodScorer, aggregate, score_multiple_choice
 from utils.lm.templates import TEMPLATES, PromptTemplate, get_template
 
 log = logging.getLogger(__name__)

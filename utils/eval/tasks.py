@@ -15,9 +15,7 @@ WITHOUT that space, as lm-eval's `doc_to_choice` returns them (acc_norm divides 
 * boolq (validation; `tasks/super_glue/boolq/default.yaml`): "{passage}\\nQuestion: {question}?\\nAnswer:",
   choices ["no", "yes"], gold = label (super_glue, 0/1) or int(answer) (original release and google/boolq, bool).
 * demo_mc: the demo corpus's mc_validation.jsonl, HellaSwag rows processed like hellaswag.
-* WikiText-2 perplexity (`tasks/wikitext/`): document-level pages split exactly like the
-  EleutherAI/wikitext_document_level loading script; the model scores `wikitext_detokenizer(page)` while words and
-  bytes are counted on the ORIGINAL page (lm-eval's `process_results`: "counts ... before detokenization").
+* wikitext: the dataset is named here with the others (one availability check); its pages are utils/eval/wikitext.py.
 
 Local files: a file, or a directory searched with each task's usual names (`TaskSpec.local_patterns`). Without a
 path the Hub is used; offline (HF_HUB_OFFLINE=1 or no connection) that fails at once naming the flag to use.
@@ -37,7 +35,7 @@ from typing import Any
 from utils.core.errors import ConfigError, DataError
 from utils.core.hub import PublicDataset, load_hub_split
 from utils.core.records import is_record_file, iter_records
-from utils.lm.documents import MultipleChoiceItem, RollingDocument, count_bytes, count_words
+from utils.lm.documents import MultipleChoiceItem
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +50,6 @@ WIKITEXT_HUB_CONFIG = "wikitext-2-raw-v1"
 WIKITEXT_SPLIT = "test"
 WIKITEXT_LOCAL_PATTERNS = ("wiki.test.raw", "wiki.test.tokens", "wiki.valid.raw", "wiki.valid.tokens")
 WIKITEXT_SUBDIRS = ("wikitext-2", "", "wikitext-2-raw", "wikitext-2-raw-v1")
-UNK_TOKEN = "<unk>"
 WIKITEXT_FLAGS = "--wikitext_path FILE (a wiki.*.raw or wiki.*.tokens file) or --data_dir DIR"
 WIKITEXT_DATASET = PublicDataset(
     "WikiText-2", WIKITEXT_HUB_ID, WIKITEXT_HUB_CONFIG, WIKITEXT_SPLIT,
@@ -223,7 +220,7 @@ def task_dataset(name: str) -> PublicDataset | None:
     return PublicDataset(spec.display_name, spec.hub_id, spec.hub_config, spec.split, spec.local_patterns)
 
 
-def _load_hub_rows(dataset: PublicDataset, flags: str) -> list[dict[str, Any]]:
+def load_hub_rows(dataset: PublicDataset, flags: str) -> list[dict[str, Any]]:
     try:
         return list(load_hub_split(dataset))
     except DataError as exc:
@@ -283,7 +280,7 @@ def load_task(name: str, path: Path | None, limit: int | None) -> list[MultipleC
                             f"holding {spec.local_patterns[0]})")
         dataset = task_dataset(name)
         assert dataset is not None
-        rows = ((f"{spec.hub_id}[{i}]", row) for i, row in enumerate(_load_hub_rows(dataset, flags)))
+        rows = ((f"{spec.hub_id}[{i}]", row) for i, row in enumerate(load_hub_rows(dataset, flags)))
         source = f"hf://{spec.hub_id}" + (f"/{spec.hub_config}" if spec.hub_config else "")
     else:
         file = resolve_local_file(Path(path), spec.local_patterns, spec.display_name, flags)
@@ -297,97 +294,3 @@ def load_task(name: str, path: Path | None, limit: int | None) -> list[MultipleC
         raise DataError(f"{spec.display_name}: no items in {source}")
     log.info("%s: %d items from %s (%s split)", spec.display_name, len(items), source, spec.split)
     return items
-
-
-# ---------------------------------------------------------------- WikiText
-
-
-def wikitext_detokenizer(page: str) -> str:
-    """lm-eval `tasks/wikitext/preprocess_wikitext.py::wikitext_detokenizer`, verbatim (it takes the page string)."""
-    string = page
-    # contractions
-    string = string.replace("s '", "s'")
-    string = re.sub(r"/' [0-9]/", r"/'[0-9]/", string)
-    # number separators
-    string = string.replace(" @-@ ", "-")
-    string = string.replace(" @,@ ", ",")
-    string = string.replace(" @.@ ", ".")
-    # punctuation
-    string = string.replace(" : ", ": ")
-    string = string.replace(" ; ", "; ")
-    string = string.replace(" . ", ". ")
-    string = string.replace(" ! ", "! ")
-    string = string.replace(" ? ", "? ")
-    string = string.replace(" , ", ", ")
-    # double brackets
-    string = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", string)
-    string = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", string)
-    string = re.sub(r"{\s*([^}]*?)\s*}", r"{\1}", string)
-    string = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', string)
-    string = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", string)
-    # miscellaneous
-    string = string.replace("= = = =", "====")
-    string = string.replace("= = =", "===")
-    string = string.replace("= =", "==")
-    string = string.replace(" " + chr(176) + " ", chr(176))
-    string = string.replace(" \n", "\n")
-    string = string.replace("\n ", "\n")
-    string = string.replace(" N ", " 1 ")
-    string = string.replace(" 's", "'s")
-    return string
-
-
-
-
-def split_wikitext_pages(text: str) -> list[str]:
-    """Articles of a wiki.*.tokens/raw file, split like the EleutherAI/wikitext_document_level loading script.
-
-    A page starts at each top-level heading " = Title = " (not " = = Section = = "); lines are joined with "\\n"
-    unchanged; whitespace-only pages are dropped except the last, which the script always yields.
-    """
-    pages, current = [], []
-    for line in text.split("\n"):
-        heading = line.replace("= = =", "===").replace("= =", "==").strip()
-        if heading.startswith("= ") and heading.endswith(" ="):
-            page = "\n".join(current)
-            if page.strip():
-                pages.append(page)
-            current = []
-        current.append(line)
-    pages.append("\n".join(current))
-    return pages
-
-
-def _wikitext_local_pages(path: Path) -> list[str]:
-    file = resolve_local_file(path, WIKITEXT_DATASET.mirror, "WikiText-2", WIKITEXT_FLAGS)
-    if is_record_file(file):
-        return [row["page"] for _, row in iter_records(file)]
-    text = file.read_text(encoding="utf-8")
-    caveats = [c for c, applies in (("tokenized (<unk>, split punctuation)", file.suffix == ".tokens"
-                                     or UNK_TOKEN in text), ("not the test split", "test" not in file.name)) if applies]
-    if caveats:
-        log.warning("%s is %s: its perplexities are NOT comparable to published wikitext-2-raw-v1 test numbers",
-                    file, " and ".join(caveats))
-    return split_wikitext_pages(text)
-
-
-def load_wikitext_documents(path: Path | None) -> list[RollingDocument]:
-    """WikiText-2 pages for rolling loglikelihood, as lm-eval's `wikitext` task sees them.
-
-    Without a path: EleutherAI/wikitext_document_level, wikitext-2-raw-v1, test split (lm-eval's default). With a
-    path: a wiki.*.raw / wiki.*.tokens file (or a directory holding one), or JSON lines with a "page" field. The
-    test mirror's copy is the TOKENIZED validation file (`<unk>` for rare words, pre-split punctuation): figures on it
-    are not comparable to published raw-test numbers.
-    Each document scores `wikitext_detokenizer(page)`; words and bytes are counted on the original page, as in
-    lm-eval's `process_results`.
-    """
-    if path is None:
-        rows = _load_hub_rows(WIKITEXT_DATASET, WIKITEXT_FLAGS)
-        pages = [row["page"] for row in rows]
-    else:
-        pages = _wikitext_local_pages(Path(path))
-    documents = [RollingDocument(text=wikitext_detokenizer(page), words=count_words(page), bytes=count_bytes(page))
-                 for page in pages]
-    log.info("WikiText-2: %d documents, %d words, %d bytes", len(documents),
-             sum(d.words for d in documents), sum(d.bytes for d in documents))
-    return documents

@@ -8,7 +8,8 @@ templates  chat templates (ChatML, instruct, chat) shared by every stage
 shards     binary token shards with a checked header (stage 01 writes them, stage 02 reads them)
 generation sampling and streaming, shared by pretraining samples, evaluation and serving
 documents  what the scorer reads: a multiple-choice item, a rolling-perplexity document (no torch)
-scoring    lm-evaluation-harness's log-likelihood scoring, multiple-choice metrics, rolling perplexity
+scoring    lm-evaluation-harness's log-likelihood scoring and multiple-choice metrics
+perplexity lm-evaluation-harness's rolling log-likelihood perplexity (word, byte, bits per byte)
 metrics    metrics.jsonl, TensorBoard/W&B, loss.png, FLOPs per token, device peaks, MFU
 memory     training memory per preset and batch, from what autograd keeps
 """
