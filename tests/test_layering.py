@@ -82,7 +82,7 @@ def imports(module: Module) -> list[tuple[int, str, list[str]]]:
             if target.split(".")[0] != "utils":
                 continue
             names = [a.name for a in node.names]
-            if len(target.split(".")) <= 2:  # from utils.sessions import plans: each name is a module
+            if (REPO_ROOT / target.replace(".", "/")).is_dir():  # from utils.sessions import plans: modules
                 found += [(node.lineno, f"{target}.{n}", []) for n in names]
             else:
                 found.append((node.lineno, target, names))
@@ -212,7 +212,8 @@ def test_the_checker_catches_each_kind_of_violation(tmp_path: Path) -> None:
     owner = module("utils.train.loop", "class TrainingLoop:\n    def _train_step(self):\n        pass\n")
     assert layer_violations([loose]) and layer_violations([upward]) and layer_violations([sibling])
     assert not layer_violations([module("utils.train.pretrain", "from utils.eval.tasks import load_task\n")])
-    assert private_violations([private]) and private_violations([attribute, owner])
+    flat = module("utils.data_report", "from utils.data_prep import DataConfig, _Pass1\n")  # a module, not a package
+    assert private_violations([private]) and private_violations([attribute, owner]) and private_violations([flat])
     assert not private_violations([owner])
 
 
