@@ -192,6 +192,7 @@ def describe_environment() -> dict[str, Any]:
         "attention_implementation": FLASH_ATTENTION if flash_problem is None else SDPA,
     }
 
+
 def resolve_precision(requested: str, device_type: str) -> str:
     """`auto`: bf16 where the device has it in hardware; else fp16 with a grad scaler on a GPU, fp32 on a CPU
     (emulated bf16 is slow: see cpu_bf16_native)."""

@@ -54,7 +54,6 @@ class SourceOptions:
     strict: bool = False
 
 
-
 def resolve_input_files(input_path: str) -> list[Path]:
     """Expand a file, a directory (recursively, supported formats only) or a glob into a sorted file list."""
     path = Path(input_path)
@@ -77,7 +76,6 @@ def resolve_input_files(input_path: str) -> list[Path]:
 def input_fingerprint(files: list[Path]) -> list[list[Any]]:
     """(path, size, mtime) per file: cheap evidence that a prepared dataset is stale."""
     return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-
 
 
 def _decode(raw: bytes, where: str, stats: ReadStats, options: SourceOptions) -> str | None:

@@ -56,8 +56,6 @@ WIKITEXT_DATASET = PublicDataset(
     tuple(f"{sub}/{name}" if sub else name for name in WIKITEXT_LOCAL_PATTERNS for sub in WIKITEXT_SUBDIRS))
 
 
-
-
 RowBuilder = Callable[[dict[str, Any], int], MultipleChoiceItem]
 
 
@@ -241,7 +239,6 @@ def resolve_local_file(path: Path, patterns: tuple[str, ...], what: str, flags: 
         if matches:
             return matches[0]
     raise DataError(f"{what}: no file under {path} matches {', '.join(patterns)}. Pass the file with {flags}.")
-
 
 
 def _local_rows(spec: TaskSpec, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:

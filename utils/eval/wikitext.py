@@ -54,8 +54,6 @@ def wikitext_detokenizer(page: str) -> str:
     return string
 
 
-
-
 def split_wikitext_pages(text: str) -> list[str]:
     """Articles of a wiki.*.tokens/raw file, split like the EleutherAI/wikitext_document_level loading script.
 

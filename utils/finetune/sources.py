@@ -16,6 +16,7 @@ from utils.core.records import RECORD_SUFFIXES, is_record_file, read_records
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class HubDataset:
     split: str

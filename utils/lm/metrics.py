@@ -26,7 +26,6 @@ from utils.lm.model import ModelConfig, count_parameters
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class GpuPeak:
     """Dense (no sparsity) datasheet peaks in TFLOP/s: 16-bit tensor cores with fp32 accumulation (bf16; fp16 on

@@ -41,7 +41,6 @@ MODEL_CONFIG_FILE = "model_config.json"
 STEP_DIR_RE = re.compile(r"^step-(\d+)$")
 
 
-
 class ProcessInfo(Protocol):
     """The slice of `accelerate.Accelerator` the checkpoint code needs (tests pass a stand-in)."""
 
@@ -253,4 +252,3 @@ def check_compatible(checkpoint_config: dict[str, Any], current: dict[str, Any],
                             for k in differing)
         raise CheckpointError(f"the model in {path} does not match the configured model ({details}). Use the "
                               f"preset the run was started with, or start a new run in another --output_dir.")
-

@@ -103,7 +103,6 @@ class Evaluator:
     benchmark_steps: int = 0
 
 
-
 def set_determinism(enabled: bool) -> None:
     """--deterministic: PyTorch's strict mode, so that a resumed run repeats the uninterrupted one. With
     warn_only=True the CUDA SDPA flash and memory-efficient backwards stay non-deterministic (they only warn);
@@ -380,4 +379,3 @@ class TrainingLoop:
                          elapsed_s=self.state.elapsed_seconds, best_val_loss=self.state.best_val_loss)
         self.metrics.close()
         return final
-
