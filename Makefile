@@ -61,7 +61,7 @@ install-flash-attn: $(STAMP) ## Optional flash-attn FLASH_ATTN_VERSION (CUDA onl
 		{ echo "flash-attn did not install: training will use sdpa. See README 'Troubleshooting'."; exit 1; }
 	$(PY) scripts/check_env.py
 
-# --- GPU acceptance (utils/benchmarks/gpu_check.py) ---------------------------------------------------------------------
+# --- GPU acceptance (utils/benchmarks/gpu_check.py) ----------------------------------------------------------
 # gpu-check never installs: on a machine with its own torch and no network (the device machine) it runs with
 # GPU_PY=python3 and the pins of requirements-device.txt carried as wheels (scripts/gpu_check.py says how).
 GPU_PY      ?= $(if $(wildcard $(PY)),$(PY),python3)
