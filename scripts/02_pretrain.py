@@ -34,6 +34,10 @@ HELP = {
     "compile": "torch.compile the model (first step takes 30-60 s)",
     "mixed_precision": "auto = bf16 where supported, else fp16 with a grad scaler on GPU",
     "attention_dropout": "override the preset's attention dropout",
+    "optimizer": "adamw for every weight, or muon (torch.optim.Muon) for the hidden matrices + AdamW for the rest",
+    "learning_rate": "peak learning rate of AdamW (with --optimizer muon: of the embedding and norms)",
+    "muon_learning_rate": "peak learning rate of Muon (same scale as AdamW's: adjust_lr_fn match_rms_adamw)",
+    "muon_weight_decay": "decoupled weight decay of the Muon-trained matrices",
 }
 
 

@@ -39,6 +39,7 @@ SCALER_FILE = "scaler.pt"
 STATE_FILE = "trainer_state.json"
 MODEL_CONFIG_FILE = "model_config.json"
 STEP_DIR_RE = re.compile(r"^step-(\d+)$")
+DEFAULT_OPTIMIZER = "adamw"  # what a checkpoint without an "optimizer" entry in its meta was trained with
 
 
 class ProcessInfo(Protocol):
@@ -242,6 +243,15 @@ def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     if missing or unexpected:
         raise CheckpointError(f"{checkpoint}: weights do not fit the model (missing {sorted(missing)[:3]}, "
                               f"unexpected {sorted(unexpected)[:3]})")
+
+
+def check_same_optimizer(checkpoint: LoadedCheckpoint, optimizer: str) -> None:
+    """Optimizer state only fits the optimizer that wrote it (checkpoints from before --optimizer are AdamW's)."""
+    saved = checkpoint.meta.get("optimizer", DEFAULT_OPTIMIZER)
+    if saved != optimizer:
+        raise CheckpointError(f"{checkpoint.path} was trained with --optimizer {saved}, but this run asks for "
+                              f"--optimizer {optimizer}: resume with --optimizer {saved}, or start a new run in "
+                              f"another --output_dir to train with {optimizer}")
 
 
 def check_compatible(checkpoint_config: dict[str, Any], current: dict[str, Any], path: Path) -> None:

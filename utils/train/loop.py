@@ -28,6 +28,7 @@ from utils.train.checkpoint import (
     LoadedCheckpoint,
     TrainerState,
     check_compatible,
+    check_same_optimizer,
     load_checkpoint,
     load_weights,
     prune_checkpoints,
@@ -35,6 +36,7 @@ from utils.train.checkpoint import (
     save_checkpoint,
 )
 from utils.train.loss import CausalLMLoss
+from utils.train.optimizers import build_optimizer, learning_rates, lr_fraction
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,13 @@ class TrainingError(LumiError):
 class LoopConfig:
     """Optimisation and bookkeeping settings shared by every training stage."""
 
-    learning_rate: float = 3e-4
+    optimizer: Literal["adamw", "muon"] = "adamw"  # muon: Muon for hidden matrices, AdamW for the rest
+    learning_rate: float = 3e-4  # AdamW's (with muon: the embedding's and the norms')
     weight_decay: float = 0.1
+    # Muon's, on AdamW's scale (adjust_lr_fn match_rms_adamw): on tiny its best of three equalled AdamW's best.
+    muon_learning_rate: float = 3e-4
+    muon_weight_decay: float = 0.1
+    muon_momentum: float = 0.95
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_epsilon: float = 1e-8
@@ -80,8 +87,11 @@ class LoopConfig:
                      "save_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("learning_rate", "muon_learning_rate"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
@@ -123,16 +133,6 @@ def set_determinism(enabled: bool) -> None:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
-
-
-def build_optimizer(model: torch.nn.Module, config: LoopConfig, device_type: str) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not norms or biases); the fused kernel where available."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    fused = device_type in ("cuda", "cpu")
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                             eps=config.adam_epsilon, fused=fused)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float = MIN_LR_RATIO) -> Callable[[int], float]:
@@ -200,6 +200,7 @@ class TrainingLoop:
     # ---------------------------------------------------------------- resume
     def resume(self, checkpoint: LoadedCheckpoint) -> None:
         check_compatible(checkpoint.model_config, self.context.model_shape, checkpoint.path)
+        check_same_optimizer(checkpoint, self.config.optimizer)
         load_weights(self.lm(), checkpoint.path)
         self.optimizer.load_state_dict(checkpoint.optimizer_state)
         self.scheduler.load_state_dict(checkpoint.scheduler_state)
@@ -313,7 +314,7 @@ class TrainingLoop:
     def _warn_unannealed(self) -> None:
         """max_time stopped the run before max_steps: the learning rate never decayed to its floor."""
         config, step = self.config, self.state.step
-        lr_ratio = self.scheduler.get_last_lr()[0] / config.learning_rate
+        lr_ratio = lr_fraction(self.optimizer)
         log.warning("max_time %.0f s reached at step %d of max_steps %d: stopping cleanly, with the learning rate "
                     "at %.0f%% of its peak (the cosine ends at %.0f%%). For an annealed model, set --max_steps to "
                     "about %d for this time budget", config.max_time, step, config.max_steps, 100 * lr_ratio,
@@ -321,8 +322,9 @@ class TrainingLoop:
 
     def _log_train(self, loss: float, grad_norm: float, tokens_per_s: float, progress: tqdm) -> None:
         mfu = (tokens_per_s * self.context.flops_per_token / self.peak_flops) if self.peak_flops else None
-        lr = self.scheduler.get_last_lr()[0]
-        self.metrics.log("train", self.state.step, loss=loss, lr=lr, grad_norm=grad_norm, tokens_per_s=tokens_per_s,
+        rates = learning_rates(self.optimizer)
+        lr = rates["lr"]
+        self.metrics.log("train", self.state.step, loss=loss, **rates, grad_norm=grad_norm, tokens_per_s=tokens_per_s,
                          mfu=mfu, **memory_stats(self.device), tokens_seen=self.state.tokens_seen,
                          samples_seen=self.state.samples_seen, batch_hash=self.last_batch_hash,
                          elapsed_s=self.state.elapsed_seconds)
@@ -337,7 +339,8 @@ class TrainingLoop:
         with self.accelerator.autocast():
             results = self.evaluator.evaluate(self.accelerator.unwrap_model(self.model))
         self.model.train()
-        self.metrics.log("eval", self.state.step, **results)
+        self.metrics.log("eval", self.state.step, **results, tokens_seen=self.state.tokens_seen,
+                         elapsed_s=self.state.elapsed_seconds)
         log.info("step %d: %s", self.state.step, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
         if self.evaluator.samples is not None and self.accelerator.is_main_process:
             with self.accelerator.autocast():

@@ -215,6 +215,7 @@ def pretrain(preset_path: str, config: PretrainConfig, preset: ModelPreset) -> P
     resolved = {"preset": preset_path, "model": dataclasses.asdict(model_config), "max_length": max_length,
                 "attention": attention, **dataclasses.asdict(config)}
     meta = {"stage": "pretrain", "dataset": str(info.path), "tokenizer_sha256": info.tokenizer_sha256,
+            "optimizer": config.optimizer,
             "params_total": count.total, "params_non_embedding": count.non_embedding}
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +225,7 @@ def pretrain(preset_path: str, config: PretrainConfig, preset: ModelPreset) -> P
         return export_hf_model(model, info.tokenizer_dir, run_dir / name, resolved,
                                {**meta, **dataclasses.asdict(state)})
 
-    context = RunContext(run_dir=run_dir, resolved_config=resolved, model_shape=dataclasses.asdict(model_config),
+    context = RunContext(run_dir=run_dir, resolved_config=resolved, model_shape=model_config.shape(),
                          meta=meta, tokens_per_sample=max_length,
                          flops_per_token=flops_per_token(model_config, max_length), export_final=export,
                          run_name=f"pretrain-{preset.name}")
