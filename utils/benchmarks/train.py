@@ -220,7 +220,7 @@ def pipeline_loop(case: Case, data_path: Path, run_dir: Path) -> Any:
     train = TokenWindows(info, "train", max_length)
     data = PretrainData(train, SampleOrder(train.num_windows, config.seed), config.batch_size,
                         accelerator.process_index, accelerator.num_processes)
-    shape = dataclasses.asdict(model_config)
+    shape = model_config.shape()
     context = RunContext(run_dir=run_dir, resolved_config={"preset": case.preset, "model": shape,
                                                            "max_length": max_length, **dataclasses.asdict(config)},
                          model_shape=shape, meta={"stage": "bench-train"}, tokens_per_sample=max_length,

@@ -17,7 +17,7 @@ from utils.core.artifacts import atomic_directory, read_json, write_meta
 from utils.core.errors import ConfigError, DataError
 from utils.finetune.config import FinetuneConfig
 from utils.lm.export import TOKENIZER_EXTRA_FILES, export_hf_model
-from utils.lm.loading import ADAPTER_CONFIG, MODEL_CONFIG, has_tokenizer, load_tokenizer_from
+from utils.lm.loading import ADAPTER_CONFIG, MODEL_CONFIG, from_pretrained, has_tokenizer, load_tokenizer_from
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,6 @@ class TrainingModel:
 def load_training_model(model_path: str, full: bool) -> TrainingModel:
     """Tokenizer first (a directory without one fails before any weights load), then the model in float32.
     An adapter directory is checked against its base, then merged (full fine-tuning) or trained further."""
-    from transformers import AutoModelForCausalLM
-
     path = Path(model_path)
     if not path.is_dir():
         raise DataError(f"model directory not found: {path}; pass a pretraining final/, an SFT merged/ or adapter/")
@@ -96,7 +94,7 @@ def load_training_model(model_path: str, full: bool) -> TrainingModel:
         log.warning("the tokenizer of %s has no chat template; the merged model will carry none", tokenizer_dir)
     if is_adapter:
         check_adapter_base(path, base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = from_pretrained(base_dir, torch.float32)
     if is_adapter:
         model = _attach_adapter(model, path, trainable=not full)
     log.info("loaded %s (%s parameters%s)", path, f"{sum(p.numel() for p in model.parameters()):,}",

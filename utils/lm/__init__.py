@@ -1,6 +1,7 @@
 """What the stages hand each other: the model, its tokenizer and its files, and what every stage does with a model.
 
 model      presets -> LlamaConfig / LlamaForCausalLM; exact parameter counts without allocating
+ablations  no norm, post-norm, NoPE: LumiLlamaForCausalLM (model_type lumi_llama) and its registration
 loading    any model directory (HF model, or PEFT adapter + its base) for evaluation and serving
 export     Hugging Face-format model directories (best/, final/, merged/) with tokenizer files
 tokenizer  SentencePiece BPE or byte-level BPE training, the HF fast tokenizer export, loading, sha256

@@ -69,25 +69,33 @@ def load_tokenizer_from(path: Path, fallback: Path | None = None) -> Any:
                     f"tokenizer/ files into it.")
 
 
+def from_pretrained(path: Path, dtype: torch.dtype = torch.float32) -> Any:
+    """AutoModelForCausalLM.from_pretrained for every model directory we write, ablated ones (lumi_llama) too."""
+    from transformers import AutoModelForCausalLM
+
+    from utils.lm.ablations import register_lumi_models
+
+    register_lumi_models()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+
 def load_model(path: Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                merge_adapter: bool = True) -> LoadedModel:
     """Load a model directory for inference (eval mode). Adapters are merged by default: same logits, faster."""
-    from transformers import AutoModelForCausalLM
-
     if not path.is_dir():
         raise DataError(f"model directory not found: {path}")
     if (path / ADAPTER_CONFIG).is_file():
         from peft import PeftModel
 
         base_path = _base_of_adapter(path)
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+        base = from_pretrained(base_path, dtype)
         model = PeftModel.from_pretrained(base, path)
         if merge_adapter:
             model = model.merge_and_unload()
         tokenizer = load_tokenizer_from(path, fallback=base_path)
         loaded = LoadedModel(model, tokenizer, path, _read_meta(path), base_path)
     elif (path / MODEL_CONFIG).is_file():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = from_pretrained(path, dtype)
         loaded = LoadedModel(model, load_tokenizer_from(path), path, _read_meta(path))
     else:
         raise DataError(f"{path} is neither a model directory ({MODEL_CONFIG}) nor a PEFT adapter "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from utils.core.config import read_json_config, validate_mapping
 from utils.core.errors import ConfigError
@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # transformers is slow to import; only the builders need it
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "config"
 PRESET_NAMES = ("tiny", "small", "base", "advanced_example")
+ABLATION_FIELDS = {"norm": "rmsnorm", "norm_position": "pre", "position_embedding": "rope"}  # the standard values
 
 
 @dataclass
@@ -39,6 +40,10 @@ class ModelConfig:
     tie_word_embeddings: bool = True
     attention_dropout: float = 0.0
     initializer_range: float = 0.02
+    # Ablation switches (utils/lm/ablations.py): anything but these defaults is no longer a plain Llama.
+    norm: Literal["rmsnorm", "none"] = "rmsnorm"
+    norm_position: Literal["pre", "post"] = "pre"
+    position_embedding: Literal["rope", "none"] = "rope"
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -50,6 +55,25 @@ class ModelConfig:
         for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size", "max_position_embeddings"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.norm == "none" and self.norm_position != "pre":
+            raise ValueError("norm_position 'post' needs a norm: with norm 'none' there is nothing to move")
+
+    @property
+    def ablations(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in ABLATION_FIELDS}
+
+    @property
+    def is_plain_llama(self) -> bool:
+        return all(getattr(self, name) == default for name, default in ABLATION_FIELDS.items())
+
+    def shape(self) -> dict[str, Any]:
+        """What a checkpoint records and a resume must match: every field, the ablation switches only when set
+        (so a checkpoint from before they existed still matches the standard model)."""
+        fields = dataclasses.asdict(self)
+        for name, default in ABLATION_FIELDS.items():
+            if fields[name] == default:
+                del fields[name]
+        return fields
 
     @property
     def kv_heads(self) -> int:
@@ -108,26 +132,39 @@ def count_parameters(model: ModelConfig) -> ParameterCount:
     q_and_o = 2 * h * model.num_attention_heads * model.head_dim
     k_and_v = 2 * h * model.kv_heads * model.head_dim
     mlp = 3 * h * model.intermediate_size  # gate, up, down projections
-    norms = 2 * h  # input and post-attention RMSNorm
-    per_layer = q_and_o + k_and_v + mlp + norms
+    norm = 0 if model.norm == "none" else h
+    per_layer = q_and_o + k_and_v + mlp + 2 * norm  # input and post-attention RMSNorm
     embedding = model.vocab_size * h
     head = 0 if model.tie_word_embeddings else model.vocab_size * h
-    total = embedding + layers * per_layer + h + head  # + final RMSNorm
+    total = embedding + layers * per_layer + norm + head  # + final RMSNorm
     return ParameterCount(total=total, non_embedding=total - embedding - head)
 
 
 def to_llama_config(model: ModelConfig, **overrides: Any) -> "LlamaConfig":
-    from transformers import LlamaConfig
-
+    """A LlamaConfig, or for an ablated preset the LumiLlamaConfig that records the ablations."""
     fields = dataclasses.asdict(model)
+    for name in ABLATION_FIELDS:
+        del fields[name]
     fields["num_key_value_heads"] = model.kv_heads
     fields.update(overrides)
-    return LlamaConfig(attention_bias=False, mlp_bias=False, hidden_act="silu", **fields)
+    fields.update(attention_bias=False, mlp_bias=False, hidden_act="silu")
+    if model.is_plain_llama:
+        from transformers import LlamaConfig
+
+        return LlamaConfig(**fields)
+    from utils.lm.ablations import LumiLlamaConfig
+
+    return LumiLlamaConfig(**model.ablations, **fields)
 
 
 def build_model(model: ModelConfig, attn_implementation: str = "sdpa", **overrides: Any) -> "LlamaForCausalLM":
-    from transformers import LlamaForCausalLM
-
+    """LlamaForCausalLM for a standard preset; LumiLlamaForCausalLM (a subclass) for an ablated one."""
     config = to_llama_config(model, **overrides)
     config._attn_implementation = attn_implementation
-    return LlamaForCausalLM(config)
+    if model.is_plain_llama:
+        from transformers import LlamaForCausalLM
+
+        return LlamaForCausalLM(config)
+    from utils.lm.ablations import LumiLlamaForCausalLM
+
+    return LumiLlamaForCausalLM(config)
