@@ -25,9 +25,10 @@ TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)
         pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny sft dpo sft-alpaca dpo-hh \
         pretrain-multi-gpu sft-multi-gpu dpo-multi-gpu \
         evaluate evaluate-quick evaluate-detailed assess-performance compare-lm-eval \
-        session-quick session-prototype session-experiment session-evaluation session-debug session-architecture \
+        session-quick session-prototype session-experiment session-ablation session-optimizers session-evaluation \
+        session-debug session-architecture \
         session-status session-cleanup pipeline-full create-sample-datasets test-pipeline backup clean \
-        clean-checkpoints monitor config-rtx4090 bench bench-data bench-train \
+        clean-checkpoints monitor config-rtx4090 bench bench-data bench-train bench-recipe \
         serve serve-api bench-serve bench-finetune gpu-check gpu-check-wheels
 
 help: ## List every target with one line each
@@ -205,6 +206,12 @@ session-prototype: $(STAMP) ## 2 h (4090): tiny on TinyStories from the hub, the
 session-experiment: $(STAMP) ## 4 h (4090): small on FineWeb-Edu, SFT on Alpaca, DPO on hh-rlhf, benchmarks (ARGS=--short)
 	$(PY) scripts/session.py experiment $(ARGS)
 
+session-ablation: $(STAMP) ## Equal-time ablations of tiny on DATA: baseline, no norm, post-norm, NoPE (4 x 10 min)
+	$(PY) scripts/experiment.py --config_path config/experiments/ablations.json --data_path $(DATA) $(ARGS)
+
+session-optimizers: $(STAMP) ## Equal-time AdamW vs Muon on DATA, each at its best of 3 learning rates (6 x 10 min)
+	$(PY) scripts/experiment.py --config_path config/experiments/optimizers.json --data_path $(DATA) $(ARGS)
+
 session-evaluation: $(STAMP) ## 1 h: deep evaluation of every final/ and merged/ model under checkpoints/
 	$(PY) scripts/session.py evaluation
 
@@ -258,7 +265,10 @@ config-rtx4090: $(STAMP) ## Print and write config/rtx4090.json: batch sizes for
 	$(PY) scripts/session.py config-rtx4090
 
 # --- Benchmarks (figures printed; never timed tests) ---------------------------------------------
-bench: bench-data bench-train bench-serve bench-finetune ## Run every benchmark
+bench: bench-data bench-train bench-serve bench-finetune ## Run every benchmark but bench-recipe (~2 h on its own)
+
+bench-recipe: $(STAMP) ## AdamW vs Muon (3 LRs each) and the ablations, tiny on $LUMI_DATA_DIR prose, 10 min a run (~2 h CPU)
+	$(PY) scripts/bench_recipe.py $(ARGS)
 
 bench-data: $(STAMP) ## Stage 01 throughput and peak memory on $LUMI_DATA_DIR/prose, 1x and 4x (~3 min CPU)
 	$(PY) scripts/bench_data.py $(ARGS)
