@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.benchmarks.common import TargetCheck, format_checks, format_table
+from utils.core.artifacts import REPO_ROOT
 from utils.core.config import load_config
 from utils.core.errors import DataError
 from utils.core.hub import mirror_root
@@ -24,7 +25,6 @@ from utils.sessions.experiment_report import machine, summary_rows
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS = {"optimizers": REPO_ROOT / "config" / "experiments" / "optimizers.json",
                "ablations": REPO_ROOT / "config" / "experiments" / "ablations.json"}
 PROSE_CONFIG = REPO_ROOT / "config" / "datasets" / "british_fiction.json"

@@ -103,11 +103,15 @@ class ParameterCount:
         return f"{self.total / 1e6:.2f}M total, {self.non_embedding / 1e6:.2f}M non-embedding"
 
 
+def preset_path(path_or_name: str | Path) -> Path:
+    """A preset's file: a path as given, or a bare name (tiny, small, ...) in config/."""
+    path = Path(path_or_name)
+    return PRESET_DIR / f"{path_or_name}.json" if not path.suffix and not path.exists() else path
+
+
 def load_preset(path_or_name: str | Path) -> ModelPreset:
     """Load `config/<name>.json` or a path; unknown keys anywhere are errors that name the file."""
-    path = Path(path_or_name)
-    if not path.suffix and not path.exists():
-        path = PRESET_DIR / f"{path_or_name}.json"
+    path = preset_path(path_or_name)
     data = read_json_config(path)
     source = str(path)
     header = {k: v for k, v in data.items() if k not in ("model", "training")}

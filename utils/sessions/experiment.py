@@ -31,7 +31,7 @@ from utils.core.artifacts import read_json, write_json
 from utils.core.config import COMMENT_PREFIX, read_json_config, validate_mapping
 from utils.core.errors import ConfigError
 from utils.lm.metrics import read_metrics
-from utils.lm.model import ModelConfig, load_preset
+from utils.lm.model import ModelConfig, load_preset, preset_path
 from utils.sessions.runner import REPO_ROOT, SESSIONS_DIR
 from utils.train.pretrain import PretrainConfig, load_pretrain_config
 from utils.train.windows import load_dataset_info
@@ -154,16 +154,11 @@ class RunResult:
 
 def _derived_preset(experiment: Experiment, variant: Variant, directory: Path) -> Path:
     """The preset with the variant's model overrides, written beside the run (the run records it)."""
-    data = read_json(_preset_path(experiment.preset))
+    data = read_json(preset_path(experiment.preset))
     data["model"] = {**data["model"], **variant.model}
     path = directory / "preset.json"
     write_json(path, data)
     return path
-
-
-def _preset_path(preset: str) -> Path:
-    path = Path(preset)
-    return path if path.suffix else REPO_ROOT / "config" / f"{preset}.json"
 
 
 def _tokens_per_step(preset: Path, data_path: Path, flags: dict[str, Any]) -> int:
