@@ -25,7 +25,7 @@ TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)
         pretrain-tiny pretrain-small pretrain-base resume-pretrain-tiny sft dpo sft-alpaca dpo-hh \
         pretrain-multi-gpu sft-multi-gpu dpo-multi-gpu \
         evaluate evaluate-quick evaluate-detailed assess-performance compare-lm-eval \
-        session-quick session-prototype session-experiment session-ablation session-optimizers session-evaluation \
+        session-quick session-prototype session-experiment session-ablation session-optimizers session-recipe session-evaluation \
         session-debug session-architecture \
         session-status session-cleanup pipeline-full create-sample-datasets test-pipeline backup clean \
         clean-checkpoints monitor config-rtx4090 bench bench-data bench-train bench-recipe \
@@ -211,6 +211,9 @@ session-ablation: $(STAMP) ## Equal-time ablations of tiny on DATA: baseline, no
 
 session-optimizers: $(STAMP) ## Equal-time AdamW vs Muon on DATA, each at its best of 3 learning rates (6 x 10 min)
 	$(PY) scripts/experiment.py --config_path config/experiments/optimizers.json --data_path $(DATA) $(ARGS)
+
+session-recipe: $(STAMP) ## Recipe pieces on Muon at equal tokens on DATA: WSD, zero-init projections, z-loss (4 runs)
+	$(PY) scripts/experiment.py --config_path config/experiments/recipe.json --data_path $(DATA) $(ARGS)
 
 session-evaluation: $(STAMP) ## 1 h: deep evaluation of every final/ and merged/ model under checkpoints/
 	$(PY) scripts/session.py evaluation

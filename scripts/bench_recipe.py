@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Benchmark the training recipe: the shipped optimizers (AdamW vs Muon, three learning rates each) and ablations
-(baseline, no norm, post-norm, NoPE) experiments, tiny preset on the mirror's prose, equal training time per run.
+"""Benchmark the training recipe: the shipped optimizers (AdamW vs Muon, three learning rates each), ablations
+(baseline, no norm, post-norm, NoPE) and recipe (Muon with WSD, zero-init projections, z-loss) experiments, tiny
+preset on the mirror's prose; equal training time per run (the recipe pieces: equal tokens, as their file says).
 
-    LUMI_DATA_DIR=/path/to/mirror make bench-recipe                 # 10 runs x 10 min: ~1 h 50 min on 2 CPU cores
+    LUMI_DATA_DIR=/path/to/mirror make bench-recipe                 # 14 runs of ~10 min: ~2 h 40 min on 2 CPU cores
     make bench-recipe ARGS='--only optimizers --budget_seconds 300'
     python scripts/bench_recipe.py --reuse optimizers=sessions/<ts>-optimizers   # report an earlier run again
 
@@ -30,9 +31,9 @@ DEFAULT_DATA_DIR = Path("data/bench")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=list(EXPERIMENTS), action="append", default=None,
-                        help="run this experiment only (repeatable; default: both)")
+                        help="run this experiment only (repeatable; default: all three)")
     parser.add_argument("--budget_seconds", type=float, default=DEFAULT_BUDGET_S,
-                        help=f"training seconds per run (default: {DEFAULT_BUDGET_S})")
+                        help=f"training seconds per run of optimizers and ablations (default: {DEFAULT_BUDGET_S})")
     parser.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR,
                         help=f"where the prose corpus is prepared once and reused (default: {DEFAULT_DATA_DIR})")
     parser.add_argument("--reuse", action="append", default=[], metavar="NAME=DIR",

@@ -119,3 +119,19 @@ def test_bad_muon_settings_are_config_errors() -> None:
         LoopConfig(muon_learning_rate=0).validate()
     with pytest.raises(ConfigError, match="muon_momentum"):
         LoopConfig(muon_momentum=1.0).validate()
+
+
+def test_wsd_holds_the_peak_then_decays_linearly_to_zero() -> None:
+    wsd = lr_lambda(warmup_steps=10, total_steps=100, schedule="wsd")
+    assert wsd(0) == pytest.approx(0.1) and wsd(9) == pytest.approx(1.0)
+    assert [wsd(s) for s in (10, 50, 79)] == [1.0, 1.0, 1.0]  # stable until the last 20 % of the steps
+    assert [wsd(s) for s in (80, 90, 99, 100)] == pytest.approx([1.0, 0.5, 0.05, 0.0])
+    cosine = lr_lambda(warmup_steps=10, total_steps=100)
+    assert cosine(50) < 1.0 and cosine(100) == pytest.approx(0.1)
+
+
+def test_lr_schedule_and_z_loss_are_validated() -> None:
+    from utils.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="z_loss"):
+        LoopConfig(z_loss=-1e-4).validate()

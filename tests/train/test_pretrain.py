@@ -121,6 +121,27 @@ def test_one_training_step_logs_saves_and_moves_every_weight_by_one_adam_step(tm
             assert moved.max() <= 1.02 * first_lr and moved.median() > 0.5 * first_lr, name
 
 
+def test_zero_init_projections_starts_every_block_as_the_identity(tmp_path: Path, dataset: Path) -> None:
+    from utils.lm.model import ModelConfig, build_model, zero_output_projections
+
+    model = build_model(ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                    num_attention_heads=4, vocab_size=400, max_position_embeddings=64))
+    zero_output_projections(model)
+    # The embeddings, after block 1 and after block 2 (the last entry is after the final norm).
+    hidden = model(input_ids=torch.randint(0, 400, (2, 9)), output_hidden_states=True).hidden_states
+    assert len(hidden) == 4 and torch.equal(hidden[0], hidden[1]) and torch.equal(hidden[1], hidden[2])
+    run = tmp_path / "run"
+    _run_in_process(_preset(tmp_path), dataset, run, max_steps=1, eval_steps=1, save_steps=1,
+                    zero_init_projections=True)
+    trained = load_file(run / "step-000001" / "model.safetensors")
+    first_lr = TINY_TRAINING["learning_rate"] * lr_lambda(TINY_TRAINING["warmup_steps"], 1)(0)
+    for name, weight in trained.items():
+        if name.endswith(("o_proj.weight", "down_proj.weight")):  # zero plus one Adam step of about lr
+            assert weight.abs().max() <= 1.02 * first_lr, name
+        elif name.endswith("q_proj.weight"):
+            assert weight.std() > 0.015, name  # still Llama's normal(0, 0.02)
+
+
 def test_loss_falls(tmp_path: Path, dataset: Path) -> None:
     _run_in_process(_preset(tmp_path, dropout=0.0), dataset, tmp_path / "run", max_steps=40, eval_steps=20,
                     save_steps=40)

@@ -172,3 +172,14 @@ def build_model(model: ModelConfig, attn_implementation: str = "sdpa", **overrid
     from utils.lm.ablations import LumiLlamaForCausalLM
 
     return LumiLlamaForCausalLM(config)
+
+
+def zero_output_projections(model: "LlamaForCausalLM") -> None:
+    """Zero every decoder layer's attention output (o_proj) and MLP down projection: each residual branch then
+    adds nothing at step 0 and the network starts as the identity on the embeddings."""
+    import torch
+
+    with torch.no_grad():
+        for layer in model.get_decoder().layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()

@@ -38,8 +38,8 @@ from utils.train.windows import load_dataset_info
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_STEPS = 12
-CALIBRATION_SKIP = 4  # the first steps allocate and warm caches: not the rate of the run
+CALIBRATION_STEPS = 30  # enough steps that one slow step (a VM hiccup) does not move the median
+CALIBRATION_SKIP = 6  # the first steps allocate and warm caches: not the rate of the run
 DEFAULT_EVALUATIONS = 20  # validation points per curve
 EXPERIMENT_KEYS = {"name", "description", "preset", "budget", "flags", "variants"}
 VARIANT_KEYS = {"name", "model", "flags", "sweep"}

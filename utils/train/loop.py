@@ -41,6 +41,8 @@ from utils.train.optimizers import build_optimizer, learning_rates, lr_fraction
 log = logging.getLogger(__name__)
 
 MIN_LR_RATIO = 0.1  # cosine decays to 10 % of the peak learning rate
+WSD_DECAY_FRACTION = 0.2  # warmup-stable-decay: the last 20 % of the steps decay linearly to zero
+LR_FLOOR = {"cosine": MIN_LR_RATIO, "wsd": 0.0}
 CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"  # what cuBLAS documents for reproducible results
 DETERMINISM_ALERT = "use_deterministic_algorithms"  # in PyTorch's error for an op without a deterministic kernel
 OOM_ADVICE = ("out of memory. Lower --batch_size (and raise --gradient_accumulation_steps to keep the "
@@ -67,6 +69,8 @@ class LoopConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     warmup_steps: int = 1000
+    lr_schedule: Literal["cosine", "wsd"] = "cosine"  # after the warmup: cosine, or constant then linear decay
+    z_loss: float = 0.0  # weight of logsumexp(logits)^2 in the training loss (PaLM's z-loss; 0 = off)
     max_steps: int = 5000
     max_time: float | None = None  # seconds; stop cleanly (checkpoint + final model) when exceeded
     batch_size: int = 16
@@ -94,6 +98,8 @@ class LoopConfig:
             raise ConfigError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.z_loss < 0:
+            raise ConfigError(f"z_loss must be >= 0, got {self.z_loss}")
 
 
 class StepData(Protocol):
@@ -135,14 +141,18 @@ def set_determinism(enabled: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
 
 
-def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float = MIN_LR_RATIO) -> Callable[[int], float]:
-    """Linear warmup to the peak, then cosine to `min_ratio` of it at `total_steps`."""
+def lr_lambda(warmup_steps: int, total_steps: int, schedule: str = "cosine") -> Callable[[int], float]:
+    """Linear warmup to the peak, then either cosine to MIN_LR_RATIO of it at `total_steps`, or (wsd) the peak
+    held until the last WSD_DECAY_FRACTION of the steps and a linear decay to zero over them."""
+    decay_start = max(warmup_steps, total_steps - round(WSD_DECAY_FRACTION * total_steps))
 
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps
+        if schedule == "wsd":
+            return 1.0 if step < decay_start else max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return MIN_LR_RATIO + (1.0 - MIN_LR_RATIO) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
 
@@ -181,12 +191,13 @@ class TrainingLoop:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.optimizer = build_optimizer(model, config, self.device.type)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           lr_lambda(config.warmup_steps, config.max_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(config.warmup_steps, config.max_steps, config.lr_schedule))
         # The loop trains model + fused loss as one module (see utils/train/loss.py); `lm()` is the HF model.
         # The scheduler is not prepared: Accelerate's wrapper steps it once per process on each optimizer step, which
         # would run the warmup and cosine num_processes times faster under DDP. Our step is the optimizer step.
-        self.model, self.optimizer = accelerator.prepare(CausalLMLoss(model, fused=not config.compile),
+        self.model, self.optimizer = accelerator.prepare(CausalLMLoss(model, fused=not config.compile,
+                                                                      z_loss=config.z_loss),
                                                          self.optimizer)
         if config.compile:
             self.model = torch.compile(self.model)
@@ -316,9 +327,9 @@ class TrainingLoop:
         config, step = self.config, self.state.step
         lr_ratio = lr_fraction(self.optimizer)
         log.warning("max_time %.0f s reached at step %d of max_steps %d: stopping cleanly, with the learning rate "
-                    "at %.0f%% of its peak (the cosine ends at %.0f%%). For an annealed model, set --max_steps to "
-                    "about %d for this time budget", config.max_time, step, config.max_steps, 100 * lr_ratio,
-                    100 * MIN_LR_RATIO, step)
+                    "at %.0f%% of its peak (the %s schedule ends at %.0f%%). For an annealed model, set --max_steps "
+                    "to about %d for this time budget", config.max_time, step, config.max_steps, 100 * lr_ratio,
+                    config.lr_schedule, 100 * LR_FLOOR[config.lr_schedule], step)
 
     def _log_train(self, loss: float, grad_norm: float, tokens_per_s: float, progress: tqdm) -> None:
         mfu = (tokens_per_s * self.context.flops_per_token / self.peak_flops) if self.peak_flops else None

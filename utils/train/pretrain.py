@@ -27,7 +27,14 @@ from utils.core.errors import ConfigError
 from utils.lm.export import export_hf_model
 from utils.lm.generation import GenerationParams, generate_ids
 from utils.lm.metrics import flops_per_token
-from utils.lm.model import ModelConfig, ModelPreset, build_model, count_parameters, load_preset
+from utils.lm.model import (
+    ModelConfig,
+    ModelPreset,
+    build_model,
+    count_parameters,
+    load_preset,
+    zero_output_projections,
+)
 from utils.lm.tokenizer import PAD_ID
 from utils.train.checkpoint import TrainerState, complete_checkpoints, resolve_resume_path
 from utils.train.loop import Evaluator, LoopConfig, RunContext, TrainingLoop, set_determinism
@@ -49,6 +56,9 @@ class PretrainConfig(LoopConfig):
     max_length: int | None = None  # default min(dataset max_length, model context)
     vocab_size: int | None = None  # must equal the dataset tokenizer's when given
     gradient_checkpointing: bool = False
+    # Each block's attention output and MLP down projection start at zero, so every block starts as the identity
+    # (the modded-nanogpt initialisation); the other weights keep Llama's normal(0, 0.02).
+    zero_init_projections: bool = False
     flash_attn: bool = True
     attention_dropout: float | None = None
     eval_batches: int = 20
@@ -203,6 +213,8 @@ def pretrain(preset_path: str, config: PretrainConfig, preset: ModelPreset) -> P
     attention = choose_attention(no_flash_attn=not config.flash_attn)
     model = build_model(model_config, attn_implementation=attention, bos_token_id=info.bos_id,
                         eos_token_id=info.eos_id, pad_token_id=PAD_ID, use_cache=False)
+    if config.zero_init_projections:
+        zero_output_projections(model)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     count = count_parameters(model_config)
