@@ -28,8 +28,8 @@ TRAIN_FLAGS  = --data_path $(DATA) $(if $(BATCH_SIZE),--batch_size $(BATCH_SIZE)
         session-quick session-prototype session-experiment session-ablation session-optimizers session-recipe session-evaluation \
         session-debug session-architecture \
         session-status session-cleanup pipeline-full create-sample-datasets test-pipeline backup clean \
-        clean-checkpoints monitor config-rtx4090 bench bench-data bench-train bench-recipe \
-        serve serve-api bench-serve bench-finetune gpu-check gpu-check-wheels
+        clean-checkpoints monitor config-rtx4090 bench bench-data bench-train bench-recipe bench-export \
+        export-gguf serve serve-api serve-web install-browser install-llama-cpp bench-serve bench-finetune gpu-check gpu-check-wheels
 
 help: ## List every target with one line each
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -46,6 +46,16 @@ install: $(STAMP) ## Create .venv and install the pinned requirements (idempoten
 
 install-extra: $(STAMP) ## Optional extras: tensorboard, wandb, lm-eval (for --report_to and the lm-eval check)
 	$(PY) -m pip install --quiet -r requirements-extra.txt
+
+install-llama-cpp: $(STAMP) ## llama-cpp-python (compiles llama.cpp, CPU only, several minutes) for the GGUF round-trip tests
+	CMAKE_ARGS="$${CMAKE_ARGS:--DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}" \
+		CMAKE_BUILD_PARALLEL_LEVEL=$${CMAKE_BUILD_PARALLEL_LEVEL:-$$(nproc)} \
+		$(PY) -m pip install --quiet -r requirements-llama-cpp.txt
+
+install-browser: $(STAMP) ## For the chat page's browser tests: Debian's chromium + chromium-driver (apt, as root) and selenium
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+	$(PY) -m pip install --quiet -r requirements-browser.txt
 
 check-env: $(STAMP) ## Print Python/torch/transformers/accelerate/peft/trl versions, CUDA, GPU, bf16, attention kernel
 	$(PY) scripts/check_env.py
@@ -196,6 +206,13 @@ serve: $(STAMP) ## Chat with MODEL in this terminal: streamed answers, /help for
 serve-api: $(STAMP) ## OpenAI-compatible API for MODEL on http://127.0.0.1:8000 (ARGS='--port 9000 --api_key KEY')
 	$(PY) scripts/06_serve.py --model_path $(MODEL) --mode api $(ARGS)
 
+OUTTYPE ?= f16
+export-gguf: $(STAMP) ## GGUF for llama.cpp / Ollama from MODEL (final/, merged/ or adapter/): OUTTYPE=f32|f16|bf16|q8_0
+	$(PY) scripts/07_export.py --model_path $(MODEL) --outtype $(OUTTYPE) $(ARGS)
+
+serve-web: $(STAMP) ## Chat with MODEL in your browser: the API server prints the page's URL (http://127.0.0.1:8000/)
+	$(PY) scripts/06_serve.py --model_path $(MODEL) --mode api $(ARGS)
+
 # --- Sessions: stages in order under a time budget; logs and report.md in sessions/<timestamp>-<name>/ ---------
 session-quick: $(STAMP) ## Whole pipeline on the demo corpus, offline: data, pretrain, SFT, DPO, eval, API (<=15 min CPU)
 	$(PY) scripts/session.py quick
@@ -268,7 +285,7 @@ config-rtx4090: $(STAMP) ## Print and write config/rtx4090.json: batch sizes for
 	$(PY) scripts/session.py config-rtx4090
 
 # --- Benchmarks (figures printed; never timed tests) ---------------------------------------------
-bench: bench-data bench-train bench-serve bench-finetune ## Run every benchmark but bench-recipe (~2 h on its own)
+bench: bench-data bench-train bench-serve bench-export bench-finetune ## Run every benchmark but bench-recipe (~2 h on its own)
 
 bench-recipe: $(STAMP) ## AdamW vs Muon (3 LRs each) and the ablations, tiny on $LUMI_DATA_DIR prose, 10 min a run (~2 h CPU)
 	$(PY) scripts/bench_recipe.py $(ARGS)
@@ -281,6 +298,9 @@ bench-train: $(STAMP) ## Stage 02 tokens/s, MFU, memory and checkpoint time vs a
 
 bench-finetune: $(STAMP) ## LoRA vs full SFT of the tiny model: steps/s, tokens/s, peak memory (~3 min CPU)
 	$(PY) scripts/bench_finetune.py $(ARGS)
+
+bench-export: $(STAMP) ## Stage 07: GGUF export time and size per type (tiny, base); llama.cpp vs our decode tok/s (~10 min CPU)
+	$(PY) scripts/bench_export.py $(ARGS)
 
 bench-serve: $(STAMP) ## Stage 06 TTFT and decode tok/s at batch 1; 64 concurrent streams: 200/429, p50/p95, memory (~2 min CPU)
 	$(PY) scripts/bench_serve.py $(if $(filter-out file,$(origin MODEL)),--model_path $(MODEL)) $(ARGS)

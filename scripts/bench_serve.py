@@ -6,12 +6,12 @@
     python scripts/bench_serve.py --model_path <dir>
 
 Batch 1: time to first token and decode tokens/s of the generation engine (1 thread and torch's default; CUDA too
-when there is a GPU) and through the HTTP server, streamed. Load: 64 concurrent streaming chat requests against a real
-uvicorn subprocess (--max_concurrent 1) with the default --max_queue 16 and with 64; reports how many got 200 and
-429, p50/p95 latency, total tokens/s and the server's RSS before, at peak and after. Default model:
-checkpoints/pretrain/tiny/final, or a random model of the tiny preset when it is missing (the report says so).
-Checks (correctness, not speed): no status but 200/429; RSS after the burst <= 1.10x before. Exit code: 0 checks
-met, 3 a check missed, 1 a failed run, 2 bad arguments.
+when there is a GPU), through the HTTP server, streamed, and through the chat page in headless Chromium (make
+install-browser). Load: 64 concurrent streaming chat requests against a real uvicorn subprocess (--max_concurrent 1)
+with the default --max_queue 16 and with 64; reports how many got 200 and 429, p50/p95 latency, total tokens/s and
+the server's RSS before, at peak and after. Default model: checkpoints/pretrain/tiny/final, or a random model of the
+tiny preset when it is missing (the report says so). Checks (correctness, not speed): no status but 200/429; RSS
+after the burst <= 1.10x before. Exit code: 0 checks met, 3 a check missed, 1 a failed run, 2 bad arguments.
 """
 
 import argparse

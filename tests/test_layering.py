@@ -1,6 +1,7 @@
 """The house rules of ARCHITECTURE.md ("House rules"), checked by reading the source (AST), not by importing it.
 
-1. Layers: core -> lm -> the stage packages (data, train, finetune, eval, serve) -> sessions, benchmarks -> scripts.
+1. Layers: core -> lm -> the stage packages (data, train, finetune, eval, serve, export) -> sessions, benchmarks ->
+   scripts.
    A module imports its own package and the layers below, never a sibling at its own layer or anything above.
 2. No module imports another module's `_private` name, nor reaches for a `_private` attribute defined elsewhere in
    the library (`loop._train_step` from a benchmark).
@@ -24,8 +25,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = REPO_ROOT / "utils"
 SCRIPTS = REPO_ROOT / "scripts"
-LAYERS = {"core": 0, "lm": 1, "data": 2, "train": 2, "finetune": 2, "eval": 2, "serve": 2, "sessions": 3,
-          "benchmarks": 3}
+LAYERS = {"core": 0, "lm": 1, "data": 2, "train": 2, "finetune": 2, "eval": 2, "serve": 2, "export": 2,
+          "sessions": 3, "benchmarks": 3}
 SCRIPT_LAYER = 4
 # The sibling imports the rules allow: pretraining scores HellaSwag every eval_interval with stage 05's loader, so
 # the numbers it logs are the ones stage 05 reports (loader and scoring stay one implementation); the recipe

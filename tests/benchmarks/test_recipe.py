@@ -68,6 +68,7 @@ def test_a_recipe_piece_is_a_gain_only_past_the_noise_margin(tmp_path: Path) -> 
 def test_an_earlier_experiment_directory_is_reported_again(tmp_path: Path) -> None:
     runs = [_run("adamw", "adamw", [5.0, 4.0]), _run("muon", "muon", [4.5, 3.5])]
     (tmp_path / "results.json").write_text(json.dumps({"experiment": "optimizers", "data_path": "d",
+                                                       "machine": "AMD EPYC, 2 CPUs", "git_sha": "fe7f3b4",
                                                        "runs": [r.__dict__ for r in runs]}))
     experiment = load_experiment(EXPERIMENTS["optimizers"])
     again = read_result(tmp_path, experiment)
@@ -75,6 +76,7 @@ def test_an_earlier_experiment_directory_is_reported_again(tmp_path: Path) -> No
     report = format_report(RecipeResult("cpu", {"seconds": 600}, {"optimizers": again},
                                         optimizer_checks(again), []))
     assert "muon" in report and "PASS" in report.upper()
+    assert "read back from an earlier run: machine AMD EPYC, 2 CPUs, git_sha fe7f3b4" in report
     with pytest.raises(ConfigError, match="not 'ablations'"):
         read_result(tmp_path, load_experiment(EXPERIMENTS["ablations"]))
 

@@ -13,25 +13,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx  # the HTTP client the pinned openai package ships with
 import pytest
-import uvicorn
 
+from tests.serve.live_server import LONG, LOOPBACK, TIMEOUT_S, USER, LiveServer, open_stream, serve
 from utils.lm.loading import LoadedModel, load_model
 from utils.serve.api import MAX_BODY_BYTES, create_app
 from utils.serve.config import ServeConfig
 from utils.sessions.runner import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-LOOPBACK = "127.0.0.1"
-TIMEOUT_S = 30
-LONG = 1500  # tokens: a generation that runs for seconds, to cancel or to keep a slot busy
-USER = [{"role": "user", "content": "Tell me a story about a fox."}]
-
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -39,47 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 @pytest.fixture(scope="module")
 def loaded(serve_model_dir: Path) -> LoadedModel:
     return load_model(serve_model_dir)
-
-
-class LiveServer:
-    """uvicorn serving `app` on a free loopback port in a thread of this process."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.sock = socket.socket()
-        self.sock.bind((LOOPBACK, 0))
-        self.url = f"http://{LOOPBACK}:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    @property
-    def state(self) -> Any:
-        return self.app.state.lumi
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + TIMEOUT_S
-        while not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert self.server.started, "uvicorn did not start"
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(TIMEOUT_S)
-        self.sock.close()
-
-    def wait_until(self, condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + TIMEOUT_S
-        while not condition():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.02)
-
-
-def serve(serve_model_dir: Path, loaded: LoadedModel, **overrides: Any) -> LiveServer:
-    config = ServeConfig(**{"model_path": str(serve_model_dir), "mode": "api", "temperature": 0.0,
-                            "max_new_tokens": 8, **overrides})
-    return LiveServer(create_app(config, load=lambda: loaded))
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +92,7 @@ def test_health_is_503_while_loading_then_200(serve_model_dir: Path, loaded: Loa
         release.set()
         live.wait_until(lambda: http.get("/health").status_code == 200, "health 200")
         assert http.get("/health").json() == {"status": "ok", "model": serve_model_dir.name, "running": 0,
-                                              "waiting": 0}
+                                              "waiting": 0, "auth": False}
 
 
 def test_models_lists_the_model_directory(client: httpx.Client, serve_model_dir: Path) -> None:
@@ -288,16 +242,27 @@ def test_body_over_limit_is_413(client: httpx.Client) -> None:
 
 # --- Security -----------------------------------------------------------------------------------------------------
 
+def test_the_chat_page_is_served_and_needs_nothing_from_elsewhere(client: httpx.Client) -> None:
+    """Offline by construction: the page (tested in a browser in test_web.py) names no other server."""
+    page = client.get("/")
+    assert page.status_code == 200 and "<title>Lumi chat</title>" in page.text
+    assert "http://" not in page.text and "https://" not in page.text
+    assert "<link" not in page.text and "src=" not in page.text  # no stylesheet or script from a URL
+    assert "/" not in client.get("/openapi.json").json()["paths"]  # a page, not an API route
+
+
 @pytest.mark.parametrize("from_env", [False, True])
-def test_api_key_guards_everything_but_health(serve_model_dir: Path, loaded: LoadedModel, from_env: bool,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_key_guards_everything_but_health_and_the_page(serve_model_dir: Path, loaded: LoadedModel,
+                                                            from_env: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     key = "s3cret-key"
     if from_env:
         monkeypatch.setenv("LUMI_API_KEY", key)
     with serve(serve_model_dir, loaded, api_key=None if from_env else key) as live, \
             httpx.Client(base_url=live.url, timeout=TIMEOUT_S) as http:
         live.wait_until(lambda: live.state.generator is not None, "the model")
-        assert http.get("/health").status_code == 200
+        assert http.get("/health").json()["auth"] is True  # the chat page asks for the key
+        page = http.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         calls = [("GET", "/v1/models", None), ("POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2}),
                  ("POST", "/v1/chat/completions", {"messages": USER, "max_tokens": 2}),
                  ("POST", "/generate", {"prompt": "Hi", "max_new_tokens": 2})]
@@ -322,18 +287,6 @@ def test_cors_only_for_the_given_origins(server: LiveServer, client: httpx.Clien
 
 
 # --- Scheduling, disconnects, the event loop ----------------------------------------------------------------------
-
-@contextlib.contextmanager
-def open_stream(http: httpx.Client, max_tokens: int = LONG) -> Iterator[Iterator[str]]:
-    """A chat stream that has produced its first content delta (so its generation holds a slot)."""
-    body = {"messages": USER, "max_tokens": max_tokens, "stream": True}
-    with http.stream("POST", "/v1/chat/completions", json=body) as response:
-        assert response.status_code == 200
-        lines = response.iter_lines()
-        contents = (line for line in lines if line.startswith("data: ") and '"content": "' in line)
-        next(contents), next(contents)  # the role chunk, then the first content delta
-        yield lines
-
 
 def test_queue_full_is_429_and_a_finished_stream_frees_the_slot(serve_model_dir: Path, loaded: LoadedModel) -> None:
     with serve(serve_model_dir, loaded, max_concurrent=1, max_queue=0) as live, \

@@ -93,7 +93,7 @@ def test_a_seconds_budget_is_calibrated_per_variant(tmp_path: Path, dataset: Pat
     for run in json.loads((session / "results.json").read_text())["runs"]:
         calibration = session / run["name"] / "calibration" / "metrics.jsonl"
         rates = [json.loads(line)["tokens_per_s"] for line in calibration.read_text().splitlines()
-                 if json.loads(line)["kind"] == "train"][4:]
+                 if json.loads(line)["kind"] == "train"][CALIBRATION_SKIP:]
         assert len(rates) == CALIBRATION_STEPS - CALIBRATION_SKIP
         assert run["max_steps"] == max(1, int(2 * statistics.median(rates) / TOKENS_PER_STEP))
         assert run["status"] == "ok"

@@ -155,7 +155,9 @@ def format_report(result: RecipeResult) -> str:
              f"budget: {result.budget['seconds']:g} s of training per run (recipe: its file's token budget), same "
              f"data, seed and batch"]
     for name, experiment in result.results.items():
-        parts.append(f"experiment {name} (baseline: first row; data {experiment.data_path})\n{_table(experiment)}")
+        earlier = f"\nread back from an earlier run: {experiment.provenance}" if experiment.provenance else ""
+        parts.append(f"experiment {name} (baseline: first row; data {experiment.data_path}){earlier}\n"
+                     f"{_table(experiment)}")
     if result.findings:
         parts.append("findings\n" + "\n".join(f"  {line}" for line in result.findings))
     if result.checks:

@@ -2,10 +2,11 @@
 
     make bench-serve                   # make bench-serve MODEL=<a final/ or merged/ directory>
 
-Batch 1: time to first token and decode tokens/s of the engine in process (1 thread and torch's default; on CUDA
-too when there is a GPU) and through the HTTP server (streamed). Load: 64 concurrent streaming requests against a
-real uvicorn subprocess (--max_concurrent 1) with the default queue of 16 (the rest must get 429) and with a queue of
-64 (all served), reporting statuses, latency percentiles, total tokens/s and the server's RSS before, at peak and
+Batch 1: time to first token and decode tokens/s of the engine in process (1 thread and torch's default; on CUDA too
+when there is a GPU), through the HTTP server (streamed) and through the chat page at / in headless Chromium (Send
+to the first rendered token; when make install-browser has run). Load: 64 concurrent streaming requests against a
+real uvicorn subprocess (--max_concurrent 1) with the default queue of 16 (the rest must get 429) and with a queue
+of 64 (all served), reporting statuses, latency percentiles, total tokens/s and the server's RSS before, at peak and
 after. Checks are correctness, not speed: no status but 200/429, memory back to its baseline.
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from utils.benchmarks.common import MIB, TargetCheck, format_checks, format_number, format_table, machine_info
+from utils.benchmarks.web import browser_missing, page_samples
 from utils.core.artifacts import REPO_ROOT
 from utils.core.errors import DataError
 from utils.lm.model import load_preset
@@ -97,6 +99,7 @@ class BenchResult:
     latency: list[Latency]
     load: list[LoadRun]
     checks: list[TargetCheck]
+    page_note: str | None = None  # why the chat page row is missing
 
 
 def model_to_serve(requested: Path | None, work_dir: Path) -> tuple[Path, str]:
@@ -110,20 +113,21 @@ def model_to_serve(requested: Path | None, work_dir: Path) -> tuple[Path, str]:
                                           f"{RANDOM_VOCAB}-piece tokenizer stands in (same shapes and speed)")
 
 
-def random_model(work_dir: Path) -> Path:
+def random_model(work_dir: Path, preset: str = "tiny") -> Path:
+    """A randomly initialised model of `preset`'s shape with a RANDOM_VOCAB-piece tokenizer trained on demo text."""
     from utils.data.demo_corpus import iter_demo_stories
     from utils.lm.model import build_model
     from utils.lm.tokenizer import BOS_ID, EOS_ID, PAD_ID, train_tokenizer
 
     sample = work_dir / "sample.txt"
     sample.write_text("\n".join(iter_demo_stories(0, RANDOM_STORIES)), encoding="utf-8")
-    out = train_tokenizer(sample, work_dir / "random-tiny", RANDOM_VOCAB)
-    shape = dataclasses.replace(load_preset("tiny").model, vocab_size=RANDOM_VOCAB)
+    out = train_tokenizer(sample, work_dir / f"random-{preset}", RANDOM_VOCAB)
+    shape = dataclasses.replace(load_preset(preset).model, vocab_size=RANDOM_VOCAB)
     build_model(shape, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID).save_pretrained(out)
     return out
 
 
-def _median_latency(label: str, samples: list[tuple[float, float, int]], prompt_tokens: int) -> Latency:
+def median_latency(label: str, samples: list[tuple[float, float, int]], prompt_tokens: int) -> Latency:
     """samples: (seconds to the first token, seconds after it to the last, tokens) per run."""
     ttft = statistics.median(s[0] for s in samples)
     rate = statistics.median((s[2] - 1) / s[1] for s in samples if s[2] > 1 and s[1] > 0)
@@ -156,7 +160,7 @@ def engine_latency(model_path: Path, device: str, threads: int | None) -> Latenc
             if run:
                 samples.append((first - start, time.perf_counter() - first, count))
         label = f"engine, {device}" + (f", {torch.get_num_threads()} thread(s)" if device == "cpu" else "")
-        return _median_latency(label, samples, len(gen.encode(PROMPT)))
+        return median_latency(label, samples, len(gen.encode(PROMPT)))
     finally:
         torch.set_num_threads(default_threads)
 
@@ -246,7 +250,7 @@ def http_latency(server: _ServerProcess, prompt_tokens: int) -> Latency:
                     samples.append((first, total - first, tokens))
         return samples
 
-    return _median_latency(f"HTTP stream (chat template), --cpu_threads {SERVER_THREADS}",
+    return median_latency(f"HTTP stream (chat template), --cpu_threads {SERVER_THREADS}",
                            asyncio.run(run()), prompt_tokens)
 
 
@@ -309,7 +313,7 @@ def run_benchmark(requested_model: Path | None, work_dir: Path) -> BenchResult:
     latency = [engine_latency(model_path, "cpu", threads) for threads in (1, None)]
     if gpu:
         latency.append(engine_latency(model_path, "cuda", None))
-    load = []
+    load, page_note = [], None
     for max_queue in QUEUE_SIZES:
         server = _ServerProcess(model_path, max_queue)
         try:
@@ -317,11 +321,16 @@ def run_benchmark(requested_model: Path | None, work_dir: Path) -> BenchResult:
             http = http_latency(server, latency[0].prompt_tokens)
             if max_queue == QUEUE_SIZES[0]:
                 latency.append(http)  # the batch-1 HTTP figure once; the second server only warms up with it
+                page_note = browser_missing()
+                if page_note is None:
+                    latency.append(median_latency("chat page, headless Chromium (Send to first rendered token)",
+                                                   page_samples(server.url, PROMPT, LOAD_TOKENS, BATCH1_RUNS),
+                                                   latency[0].prompt_tokens))
             load.append(measure_load(server, max_queue))
         finally:
             server.stop()
     return BenchResult(machine_info(), str(model_path), note, torch.__version__, gpu,
-                            (load_before, os.getloadavg()[0]), latency, load, _checks(load))
+                       (load_before, os.getloadavg()[0]), latency, load, _checks(load), page_note)
 
 
 def _latency_table(rows: Sequence[Latency]) -> str:
@@ -351,6 +360,9 @@ def format_report(result: BenchResult) -> str:
         f"first content delta, template and SSE included); decode: the tokens after the first over their time. "
         f"Engine rows ignore EOS to make {BATCH1_TOKENS} tokens every run; HTTP rows stop at EOS or "
         f"{LOAD_TOKENS} tokens."
+        + (f"\nChat page: not measured ({result.page_note})." if result.page_note else
+           "\nChat page: the same streamed request sent by the page at / and timed by it (performance.now(), Send "
+           "to the first token in the DOM), the browser on the same CPUs.")
         + ("" if result.gpu else "\nGPU: not measured (no CUDA device here); on a GPU machine "
                                  "`make bench-serve MODEL=<base final/>` adds an engine row on cuda."),
         _load_table(result.load) + f"\nOne server per row (--max_concurrent 1, --cpu_threads "

@@ -2,12 +2,13 @@
 
     python scripts/06_serve.py --model_path <dir> --mode api [--host 127.0.0.1] [--port 8000] [--api_key KEY]
 
-Endpoints (every one but /health needs `Authorization: Bearer <key>` when --api_key or LUMI_API_KEY is set):
+Endpoints (every one but / and /health needs `Authorization: Bearer <key>` when --api_key or LUMI_API_KEY is set):
+  GET  /                     the chat page (utils/serve/web/chat.html): streams from /v1/chat/completions
   POST /v1/chat/completions  messages rendered with --template; `stream: true` sends server-sent events
   POST /v1/completions       raw text continuation
   POST /generate             the simple form {"prompt", "max_new_tokens", "temperature", "template"}
   GET  /v1/models            the served model (its directory name unless --served_model_name)
-  GET  /health               503 while the model loads, 200 after (open without a key; shows running/waiting)
+  GET  /health               503 while the model loads, 200 after (open without a key; running/waiting, auth)
 
 Status codes, each error in OpenAI's {"error": {"message", "type", "param", "code"}} shape (utils/serve/errors.py):
   422 the body does not match the schema (missing or mistyped field, invalid JSON) — FastAPI's own check;
@@ -36,7 +37,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from utils.core.errors import ConfigError, DataError
@@ -46,14 +47,34 @@ from utils.lm.templates import get_template
 from utils.serve.config import API_KEY_ENV, DEFAULT_HOST, ServeConfig, load_for_serving
 from utils.serve.errors import APIError, install_error_handlers, invalid_param_error
 from utils.serve.scheduler import Job, ServerState, Slots
-from utils.serve.schema import ChatCompletionRequest, CompletionRequest, GenerateRequest, SamplingFields
+from utils.serve.schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorResponse,
+    GenerateRequest,
+    SamplingFields,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024  # 1 MiB, nginx's default client_max_body_size
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 DISCONNECT_POLL_S = 0.1  # how often a non-streaming request checks that its client is still there
-OPEN_PATHS = ("/health",)
+OPEN_PATHS = ("/health", "/")  # the chat page holds no data: it asks for the key when /health says one is needed
+CHAT_PAGE = Path(__file__).with_name("web") / "chat.html"
+# The statuses each route can answer, declared in the OpenAPI document (what clients and schemathesis read).
+ERROR_DESCRIPTIONS = {400: "a value out of range, or prompt + max_tokens beyond the context",
+                      401: "missing or wrong API key", 404: "unknown model name", 413: "body over the size limit",
+                      422: "body does not match the schema", 429: "queue full", 503: "the model is still loading"}
+STREAM_RESPONSE = {200: {"description": "the answer, or with stream: true server-sent events",
+                         "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+GENERATION_ERRORS = error_responses(400, 401, 404, 413, 422, 429, 503)
 RAW_TEMPLATE = "none"  # /generate's "template": "none" continues the prompt as plain text
 OWNER = "lumi"
 
@@ -266,29 +287,34 @@ async def _respond(state: ServerState, request: Request, body: SamplingFields, r
 
 def _add_routes(app: FastAPI, state: ServerState) -> None:
     config = state.config
+    page = CHAT_PAGE.read_text(encoding="utf-8")
 
-    @app.get("/health")
+    @app.get("/", include_in_schema=False)
+    async def chat_page() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health", responses={503: {"description": "the same body while the model loads or after it failed"}})
     async def health() -> JSONResponse:
         status = "ok" if state.generator else ("error" if state.load_error else "loading")
         body = {"status": status, "model": config.model_id, "running": state.slots.running,
-                "waiting": state.slots.waiting}
+                "waiting": state.slots.waiting, "auth": config.resolved_api_key() is not None}
         if state.load_error:
             body["error"] = state.load_error
         return JSONResponse(body, status_code=200 if state.generator else 503)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=error_responses(401, 503))
     async def models() -> dict[str, Any]:
         generator = state.ready()
         return {"object": "list", "data": [{"id": config.model_id, "object": "model", "created": state.created,
                                             "owned_by": OWNER, "max_model_len": generator.context_length}]}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses={**STREAM_RESPONSE, **GENERATION_ERRORS})
     async def completions(body: CompletionRequest, request: Request) -> Any:
         params = _params(config, body, body.max_tokens, _stop_list(body.stop))
         prepared = await _prepare(state, body.prompt, params, body.max_tokens is not None, "prompt")
         return await _respond(state, request, body, Reply(chat=False, model=config.model_id), prepared)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses={**STREAM_RESPONSE, **GENERATION_ERRORS})
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         template = get_template(config.template)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -297,7 +323,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         prepared = await _prepare(state, text, params, max_tokens is not None, "messages")
         return await _respond(state, request, body, Reply(chat=True, model=config.model_id), prepared)
 
-    @app.post("/generate")
+    @app.post("/generate", responses=GENERATION_ERRORS)
     async def generate(body: GenerateRequest, request: Request) -> dict[str, Any]:
         name = body.template or config.template
         try:
@@ -371,6 +397,7 @@ def run_api(config: ServeConfig) -> None:
     base = f"http://{config.host}:{config.port}"
     auth = " -H 'Authorization: Bearer $LUMI_API_KEY'" if config.resolved_api_key() else ""
     log.info("serving %s at %s (OpenAI base_url %s/v1); health: %s/health", config.model_id, base, base, base)
+    log.info("chat in the browser: %s/", base)
     log.info("try: curl %s/v1/chat/completions -H 'Content-Type: application/json'%s -d "
              "'{\"messages\": [{\"role\": \"user\", \"content\": \"Tell me a story.\"}], \"max_tokens\": 50}'",
              base, auth)

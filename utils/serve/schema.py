@@ -49,3 +49,16 @@ class GenerateRequest(BaseModel):
     max_new_tokens: int | None = None
     temperature: float | None = None
     template: str | None = None  # default: the server's --template; "none": plain continuation
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API sends, in OpenAI's shape (utils/serve/errors.py); declared in the OpenAPI document."""
+
+    error: ErrorDetail

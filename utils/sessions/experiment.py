@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from utils.core.artifacts import read_json, write_json
+from utils.core.artifacts import git_sha, read_json, write_json
 from utils.core.config import COMMENT_PREFIX, read_json_config, validate_mapping
 from utils.core.errors import ConfigError
 from utils.lm.metrics import read_metrics
@@ -249,6 +249,7 @@ class ExperimentResult:
     directory: Path
     data_path: Path
     runs: list[RunResult]
+    provenance: str = ""  # machine, commit and date of a finished run read back from its results.json
 
     def best(self, variant: Variant) -> RunResult:
         """The variant's run with the lowest final validation loss (a failed run only if every one failed)."""
@@ -265,11 +266,13 @@ def read_result(directory: Path, experiment: Experiment) -> ExperimentResult:
     data = read_json(path)
     if data["experiment"] != experiment.name:
         raise ConfigError(f"{directory} is experiment {data['experiment']!r}, not {experiment.name!r}")
-    return ExperimentResult(experiment, directory, Path(data["data_path"]), [RunResult(**r) for r in data["runs"]])
+    provenance = ", ".join(f"{key} {data[key]}" for key in ("machine", "git_sha", "finished") if data.get(key))
+    return ExperimentResult(experiment, directory, Path(data["data_path"]), [RunResult(**r) for r in data["runs"]],
+                            provenance)
 
 
 def run_experiment(experiment: Experiment, data_path: Path, root: Path = SESSIONS_DIR) -> ExperimentResult:
-    from utils.sessions.experiment_report import write_report
+    from utils.sessions.experiment_report import machine, write_report
 
     load_dataset_info(data_path)  # a missing dataset fails before any run
     directory = root / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{experiment.name}"
@@ -281,6 +284,8 @@ def run_experiment(experiment: Experiment, data_path: Path, root: Path = SESSION
     result = ExperimentResult(experiment, directory, data_path, runs)
     write_json(directory / "results.json", {"experiment": experiment.name, "data_path": str(data_path),
                                             "budget": {experiment.budget_kind: experiment.budget},
+                                            "machine": machine(), "git_sha": git_sha(),
+                                            "finished": datetime.now().isoformat(timespec="seconds"),
                                             "runs": [run.__dict__ for run in runs]})
     report = write_report(result)
     log.info("report: %s (plot %s)", report, directory / "curves.png")

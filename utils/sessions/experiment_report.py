@@ -10,7 +10,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from utils.core.artifacts import read_json
+from utils.core.artifacts import git_sha, read_json
 from utils.sessions.experiment import ExperimentResult, RunResult
 
 PLOT_NAME = "curves.png"
@@ -146,7 +146,8 @@ def write_report(result: ExperimentResult) -> Path:
     info = machine()
     lines = [f"# Experiment `{experiment.name}`", "", experiment.description, "",
              f"Preset `{experiment.preset}`, data `{result.data_path}`, budget {experiment.budget:g} "
-             f"{experiment.budget_kind} per run, same seed for every run, each in a fresh process. Machine: {info}.",
+             f"{experiment.budget_kind} per run, same seed for every run, each in a fresh process. Machine: {info}. "
+             f"Code: commit {(git_sha() or 'unknown')[:10]}.",
              f"Baseline: `{experiment.variants[0].name}`. Bits per byte use the corpus' bytes per token "
              f"(stage 01 stats.json).", "", *_summary_table(rows), *_sweep_table(result), "",
              f"![validation curves]({PLOT_NAME})", "", "## Commands", ""]
