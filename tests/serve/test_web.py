@@ -17,6 +17,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.serve.live_server import LONG, TIMEOUT_S, LiveServer, open_stream, serve
+from utils.benchmarks.web import CHROMIUM_FLAGS  # headless, and quiet on a closed network
 from utils.lm.loading import LoadedModel, load_model
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium: make install-browser")
@@ -25,10 +26,6 @@ from selenium.webdriver.common.by import By  # noqa: E402
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
-# Headless, and quiet on a closed network: without the background-networking flags Chromium keeps dialling out.
-CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1100,800")
 POLL_S = 0.02
 PROMPT = "Tell me a story about a fox."
 

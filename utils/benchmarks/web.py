@@ -14,6 +14,7 @@ from typing import Any
 
 from utils.core.errors import DataError
 
+# Headless, and quiet on a closed network: without the background-networking flags Chromium keeps dialling out.
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                   "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync")
 PAGE_TIMEOUT_S = 120.0
