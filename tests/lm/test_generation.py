@@ -91,6 +91,14 @@ def test_top_k_1_and_tiny_top_p_sample_the_greedy_token(gen: TextGenerator, filt
     assert sampled.token_ids == greedy.token_ids
 
 
+@pytest.mark.parametrize("temperature", [2.6e-250, 1e-6])
+def test_a_vanishing_temperature_is_greedy_not_a_crash(gen: TextGenerator, temperature: float) -> None:
+    """The API fuzzer sent 2.6e-250: logits / T overflowed to inf, the probabilities to NaN, and sampling raised."""
+    greedy = gen.generate(gen.encode(PROMPT), GenerationParams(max_new_tokens=12))
+    tiny = gen.generate(gen.encode(PROMPT), GenerationParams(max_new_tokens=12, temperature=temperature, seed=3))
+    assert tiny.token_ids == greedy.token_ids
+
+
 def test_streamed_deltas_join_to_the_result(gen: TextGenerator) -> None:
     deltas, result = stream_all(gen, GenerationParams(max_new_tokens=40, temperature=1.0, seed=5))
     assert len(deltas) > 1 and "".join(deltas) == result.text

@@ -205,6 +205,8 @@ def test_out_of_range_values_are_400(client: httpx.Client, route: str, field: st
     {}, {"messages": []}, {"messages": [{"role": "robot", "content": "hi"}]},
     {"messages": [{"role": "user"}]}, {"messages": USER, "temperature": "hot"}, {"messages": USER, "max_tokens": 1.5},
     {"messages": USER, "stop": 3}, {"messages": "hello"},
+    # found by the fuzzer: pydantic's lax mode took these as 0 and true
+    {"messages": USER, "max_tokens": False}, {"messages": USER, "stream": 1}, {"messages": USER, "temperature": True},
 ])
 def test_schema_errors_are_422_in_openai_shape(client: httpx.Client, body: dict[str, Any]) -> None:
     error = assert_error(post(client, "/v1/chat/completions", **body), 422)

@@ -35,6 +35,8 @@ from typing import Any, Literal
 import torch
 
 TEMPERATURE_MAX = 2.0  # OpenAI's and vLLM's upper bound
+# Below this a temperature is greedy (vLLM's rule): dividing logits by 1e-250 overflows them to inf and NaN.
+GREEDY_BELOW = 1e-5
 SEED_LIMIT = 2**63
 REPLACEMENT_CHAR = "\ufffd"  # what a decoder shows for an incomplete UTF-8 sequence
 
@@ -77,7 +79,7 @@ class GenerationParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
 
 def fresh_seed() -> int:

@@ -3,9 +3,15 @@ simple form. FastAPI checks each body against them (422 when it does not match).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# Strict scalars: pydantic's lax mode would take `"max_tokens": false` as 0 and `"stream": 1` as true, values the
+# schema says are invalid (the API fuzzer sent them). A JSON integer still fills a float field.
+Int = Annotated[int, Field(strict=True)]
+Float = Annotated[float, Field(strict=True)]
+Bool = Annotated[bool, Field(strict=True)]
 
 
 class ChatMessage(BaseModel):
@@ -14,7 +20,7 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: Bool = False
 
 
 class SamplingFields(BaseModel):
@@ -22,15 +28,15 @@ class SamplingFields(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None  # vLLM's extension
-    repetition_penalty: float | None = None  # vLLM's extension
+    max_tokens: Int | None = None
+    temperature: Float | None = None
+    top_p: Float | None = None
+    top_k: Int | None = None  # vLLM's extension
+    repetition_penalty: Float | None = None  # vLLM's extension
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = 1
-    stream: bool = False
+    seed: Int | None = None
+    n: Int = 1
+    stream: Bool = False
     stream_options: StreamOptions | None = None
 
 
@@ -40,14 +46,14 @@ class CompletionRequest(SamplingFields):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens
+    max_completion_tokens: Int | None = None  # OpenAI's newer name for max_tokens
 
 
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")  # our own simple form: a typo is an error
     prompt: str
-    max_new_tokens: int | None = None
-    temperature: float | None = None
+    max_new_tokens: Int | None = None
+    temperature: Float | None = None
     template: str | None = None  # default: the server's --template; "none": plain continuation
 
 
