@@ -17,21 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks.common import emit_report  # noqa: E402
+from utils.benchmarks.common import emit_report, name_and_dir  # noqa: E402
 from utils.benchmarks.export import format_report, run_benchmark  # noqa: E402
 from utils.core.cli import run_main  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_path", action="append", default=[], metavar="NAME=DIR",
+    parser.add_argument("--model_path", action="append", default=[], metavar="NAME=DIR", type=name_and_dir,
                         help="benchmark this model directory under NAME (repeatable; default: random tiny and base)")
     parser.add_argument("--json", type=Path, default=None, help="also save the results to this JSON file")
     args = parser.parse_args()
-    try:
-        args.model_path = {name: Path(path) for name, path in (item.split("=", 1) for item in args.model_path)}
-    except ValueError:
-        parser.error("--model_path takes NAME=DIR, e.g. tiny=checkpoints/pretrain/tiny/final")
+    args.model_path = dict(args.model_path)
     return args
 
 

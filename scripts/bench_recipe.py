@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils.benchmarks.common import TargetMissed  # noqa: E402
+from utils.benchmarks.common import TargetMissed, name_and_dir  # noqa: E402
 from utils.benchmarks.recipe import EXPERIMENTS, format_report, run_benchmark  # noqa: E402
 from utils.core.cli import run_main  # noqa: E402
 
@@ -36,14 +36,11 @@ def parse_args() -> argparse.Namespace:
                         help=f"training seconds per run of optimizers and ablations (default: {DEFAULT_BUDGET_S})")
     parser.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR,
                         help=f"where the prose corpus is prepared once and reused (default: {DEFAULT_DATA_DIR})")
-    parser.add_argument("--reuse", action="append", default=[], metavar="NAME=DIR",
+    parser.add_argument("--reuse", action="append", default=[], metavar="NAME=DIR", type=name_and_dir,
                         help="report an experiment directory from an earlier run instead of training it again")
     parser.add_argument("--json", type=Path, default=None, help="also save the results to this JSON file")
     args = parser.parse_args()
-    try:
-        args.reuse = {name: Path(path) for name, path in (item.split("=", 1) for item in args.reuse)}
-    except ValueError:
-        parser.error("--reuse takes NAME=DIR, e.g. optimizers=sessions/20261202-130445-optimizers")
+    args.reuse = dict(args.reuse)
     unknown = sorted(set(args.reuse) - set(EXPERIMENTS))
     if unknown:
         parser.error(f"--reuse: unknown experiments {unknown}; choose from {sorted(EXPERIMENTS)}")

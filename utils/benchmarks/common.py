@@ -131,3 +131,13 @@ def run_in_fresh_process(function: Callable[..., Any], args: tuple[Any, ...], wh
         reason = value or f"its process exited with code {process.exitcode} and no result (see the log above)"
         raise LumiError(f"{what} failed: {reason}")
     return value
+
+
+def name_and_dir(text: str) -> tuple[str, Path]:
+    """argparse type of the benchmarks' repeatable NAME=DIR flags (--reuse, --model_path)."""
+    import argparse
+
+    name, sep, path = text.partition("=")
+    if not (sep and name and path):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=DIR (e.g. tiny=checkpoints/pretrain/tiny/final)")
+    return name, Path(path)
