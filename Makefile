@@ -229,7 +229,7 @@ session-ablation: $(STAMP) ## Equal-time ablations of tiny on DATA: baseline, no
 session-optimizers: $(STAMP) ## Equal-time AdamW vs Muon on DATA, each at its best of 3 learning rates (6 x 10 min)
 	$(PY) scripts/experiment.py --config_path config/experiments/optimizers.json --data_path $(DATA) $(ARGS)
 
-session-recipe: $(STAMP) ## Recipe pieces on Muon at equal tokens on DATA: WSD, zero-init projections, z-loss (4 runs)
+session-recipe: $(STAMP) ## Equal-token plain recipe vs WSD, zero-init projections and both (the default) on DATA (4 runs)
 	$(PY) scripts/experiment.py --config_path config/experiments/recipe.json --data_path $(DATA) $(ARGS)
 
 session-evaluation: $(STAMP) ## 1 h: deep evaluation of every final/ and merged/ model under checkpoints/

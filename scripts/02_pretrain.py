@@ -38,10 +38,10 @@ HELP = {
     "learning_rate": "peak learning rate of AdamW (with --optimizer muon: of the embedding and norms)",
     "muon_learning_rate": "peak learning rate of Muon (same scale as AdamW's: adjust_lr_fn match_rms_adamw)",
     "muon_weight_decay": "decoupled weight decay of the Muon-trained matrices",
-    "lr_schedule": "after the warmup: cosine to 10%% of the peak, or wsd (hold the peak, then the last 20%% of the "
-                   "steps decay linearly to zero)",
-    "z_loss": "weight of the z-loss, logsumexp(logits)^2 per token (PaLM uses 1e-4; 0 = off)",
-    "zero_init_projections": "start every block's attention output and MLP down projection at zero",
+    "lr_schedule": "after the warmup: wsd (hold the peak, then the last 20%% of the steps decay linearly to zero) "
+                   "or cosine to 10%% of the peak",
+    "zero_init_projections": "start every block's attention output and MLP down projection at zero "
+                             "(--no_zero_init_projections: Llama's normal init for them too)",
 }
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmark the training recipe: the shipped optimizers (AdamW vs Muon, three learning rates each), ablations
-(baseline, no norm, post-norm, NoPE) and recipe (Muon with WSD, zero-init projections, z-loss) experiments, tiny
-preset on the mirror's prose; equal training time per run (the recipe pieces: equal tokens, as their file says).
+(baseline, no norm, post-norm, NoPE) and recipe (the plain recipe vs WSD, zero-init projections and both)
+experiments, tiny preset on the mirror's prose; equal training time per run (the recipe pieces: equal tokens, as
+their file says).
 
     LUMI_DATA_DIR=/path/to/mirror make bench-recipe                 # 14 runs of ~10 min: ~2 h 40 min on 2 CPU cores
     make bench-recipe ARGS='--only optimizers --budget_seconds 300'

@@ -57,12 +57,12 @@ def test_ablation_findings_say_when_they_do_not_reproduce(tmp_path: Path) -> Non
 
 
 def test_a_recipe_piece_is_a_gain_only_past_the_noise_margin(tmp_path: Path) -> None:
-    runs = [_run("baseline", "baseline", [5.0, 4.0]), _run("wsd", "wsd", [5.0, 3.98]),
-            _run("zero_init", "zero_init", [5.0, 3.995]), _run("z_loss", "z_loss", [5.0], status="failed (exit 1)")]
+    runs = [_run("plain", "plain", [5.0, 4.0]), _run("wsd", "wsd", [5.0, 3.98]),
+            _run("zero_init", "zero_init", [5.0, 3.995]), _run("default", "default", [5.0], status="failed (exit 1)")]
     assert recipe_findings(_result("recipe", runs, tmp_path)) == [
-        "wsd: gain (3.9800 vs baseline 4.0000, -0.0200)",
-        "zero_init: no gain (3.9950 vs baseline 4.0000, -0.0050)",
-        "z_loss: no verdict (failed (exit 1))"]
+        "wsd: gain (3.9800 vs plain 4.0000, -0.0200)",
+        "zero_init: no gain (3.9950 vs plain 4.0000, -0.0050)",
+        "default: no verdict (failed (exit 1))"]
 
 
 def test_an_earlier_experiment_directory_is_reported_again(tmp_path: Path) -> None:

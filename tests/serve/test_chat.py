@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,17 @@ def rendered_tokens(gen: TextGenerator, messages: list[dict[str, str]]) -> int:
     return len(gen.encode(get_template("chatml").render(messages, add_generation_prompt=True)))
 
 
+def _default_sigint() -> None:
+    # A test run started in the background of a non-interactive shell (`make test &`) ignores SIGINT, and an ignored
+    # signal stays ignored across exec: the chat would never see the Ctrl-C these tests send.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(model_dir: Path, *flags: str) -> pexpect.spawn:
     return pexpect.spawn(sys.executable, ["scripts/06_serve.py", "--model_path", str(model_dir), "--cpu_threads",
                                           "1", *flags], cwd=str(REPO), encoding="utf-8",
-                         timeout=STARTUP_TIMEOUT_S, env={**os.environ, "HF_HUB_OFFLINE": "1"}, dimensions=(50, 200))
+                         timeout=STARTUP_TIMEOUT_S, env={**os.environ, "HF_HUB_OFFLINE": "1"}, dimensions=(50, 200),
+                         preexec_fn=_default_sigint)
 
 
 def test_interactive_session_in_a_terminal(serve_model_dir: Path, gen: TextGenerator) -> None:

@@ -128,10 +128,3 @@ def test_wsd_holds_the_peak_then_decays_linearly_to_zero() -> None:
     assert [wsd(s) for s in (80, 90, 99, 100)] == pytest.approx([1.0, 0.5, 0.05, 0.0])
     cosine = lr_lambda(warmup_steps=10, total_steps=100)
     assert cosine(50) < 1.0 and cosine(100) == pytest.approx(0.1)
-
-
-def test_lr_schedule_and_z_loss_are_validated() -> None:
-    from utils.core.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="z_loss"):
-        LoopConfig(z_loss=-1e-4).validate()

@@ -4,6 +4,7 @@ boundary), checkpoint integrity and pruning, HF export, DDP, loud failures."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -101,7 +102,10 @@ def test_one_training_step_logs_saves_and_moves_every_weight_by_one_adam_step(tm
     from utils.lm.tokenizer import PAD_ID
 
     run = tmp_path / "run"
-    final = _run_in_process(_preset(tmp_path), dataset, run, max_steps=1, eval_steps=1, save_steps=1)
+    # Llama's normal init everywhere: with the default zero-initialised projections nothing before them has a
+    # gradient on the first step.
+    final = _run_in_process(_preset(tmp_path), dataset, run, max_steps=1, eval_steps=1, save_steps=1,
+                            zero_init_projections=False)
     records = _train_records(run)
     assert len(records) == 1 and np.isfinite(records[0]["loss"]) and records[0]["tokens_per_s"] > 0
     assert records[0]["mfu"] > 0 and records[0]["grad_norm"] > 0
@@ -121,7 +125,7 @@ def test_one_training_step_logs_saves_and_moves_every_weight_by_one_adam_step(tm
             assert moved.max() <= 1.02 * first_lr and moved.median() > 0.5 * first_lr, name
 
 
-def test_zero_init_projections_starts_every_block_as_the_identity(tmp_path: Path, dataset: Path) -> None:
+def test_zero_init_projections_is_the_default_and_starts_every_block_as_the_identity(tmp_path: Path, dataset: Path) -> None:
     from utils.lm.model import ModelConfig, build_model, zero_output_projections
 
     model = build_model(ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
@@ -131,8 +135,7 @@ def test_zero_init_projections_starts_every_block_as_the_identity(tmp_path: Path
     hidden = model(input_ids=torch.randint(0, 400, (2, 9)), output_hidden_states=True).hidden_states
     assert len(hidden) == 4 and torch.equal(hidden[0], hidden[1]) and torch.equal(hidden[1], hidden[2])
     run = tmp_path / "run"
-    _run_in_process(_preset(tmp_path), dataset, run, max_steps=1, eval_steps=1, save_steps=1,
-                    zero_init_projections=True)
+    _run_in_process(_preset(tmp_path), dataset, run, max_steps=1, eval_steps=1, save_steps=1)  # the default
     trained = load_file(run / "step-000001" / "model.safetensors")
     first_lr = TINY_TRAINING["learning_rate"] * lr_lambda(TINY_TRAINING["warmup_steps"], 1)(0)
     for name, weight in trained.items():
@@ -140,6 +143,30 @@ def test_zero_init_projections_starts_every_block_as_the_identity(tmp_path: Path
             assert weight.abs().max() <= 1.02 * first_lr, name
         elif name.endswith("q_proj.weight"):
             assert weight.std() > 0.015, name  # still Llama's normal(0, 0.02)
+
+
+def test_wsd_under_max_time_decays_early_enough_to_end_annealed(tmp_path: Path, dataset: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import utils.train.loop as loop
+
+    # The fitted schedule ends at half of max_time here, so a slower step now and then still ends it in time.
+    monkeypatch.setattr(loop, "SCHEDULE_TIME_SHARE", 0.5)
+    run = tmp_path / "run"
+    _run_in_process(_preset(tmp_path), dataset, run, max_steps=100_000, max_time=6.0, eval_steps=100_000,
+                    save_steps=100_000, warmup_steps=2)
+    records = _train_records(run)
+    state = json.loads((run / "final" / "meta.json").read_text())
+    end = read_metrics(run / "metrics.jsonl", "end")[-1]
+    steps = records[-1]["step"]
+    assert end["stop_reason"] == "max_time" and 10 < steps < 100_000 and state["step"] == steps
+    saved = json.loads((run / f"step-{steps:06d}" / "trainer_state.json").read_text())
+    assert saved["schedule_steps"] == steps  # a resume keeps the fitted schedule
+    lrs = [r["lr"] for r in records]
+    peak = TINY_TRAINING["learning_rate"]
+    decay_from = next(i for i, lr in enumerate(lrs) if i > 2 and lr < peak)
+    assert lrs[2:decay_from] == [pytest.approx(peak)] * (decay_from - 2)  # stable at the peak
+    assert lrs[-1] == 0.0 and all(a >= b for a, b in zip(lrs[decay_from:], lrs[decay_from + 1:]))
+    assert steps - decay_from == pytest.approx(0.2 * steps, abs=2)  # the last 20 % of the fitted steps decay
 
 
 def test_loss_falls(tmp_path: Path, dataset: Path) -> None:
@@ -321,6 +348,20 @@ def test_resume_with_another_optimizer_fails_naming_both(tmp_path: Path, dataset
         _run_in_process(_preset(tmp_path, dropout=0.0), dataset, run, max_steps=8, resume_from_checkpoint="auto")
     assert complete_checkpoints(run)[-1].name == "step-000004"  # nothing trained or overwritten
     assert all(p.stat().st_mtime_ns == before[p] for p in (run / "step-000004").iterdir())
+
+
+def test_resume_under_another_lr_schedule_warns_naming_both(tmp_path: Path, dataset: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    run = tmp_path / "run"
+    _run_in_process(_preset(tmp_path), dataset, run, max_steps=4, lr_schedule="cosine")
+    with caplog.at_level(logging.WARNING, logger="utils.train.checkpoint"):
+        _run_in_process(_preset(tmp_path), dataset, run, max_steps=6, resume_from_checkpoint="auto")
+    assert "trained with --lr_schedule cosine; this run continues with --lr_schedule wsd (pass --lr_schedule " \
+           "cosine to keep" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="utils.train.checkpoint"):
+        _run_in_process(_preset(tmp_path), dataset, run, max_steps=8, resume_from_checkpoint="auto")
+    assert "--lr_schedule" not in caplog.text  # step 6 was written under wsd: nothing changes
 
 
 ABLATIONS = [{"norm": "none"}, {"norm_position": "post"}, {"position_embedding": "none"}]

@@ -6,7 +6,7 @@ Targets (optimizers): Muon, at its best of three learning rates, reaches AdamW's
 best of three) with at most 0.75x the tokens, and ends lower at the same training time. The ablations carry no
 targets: they are reported against what the literature expects (no norm unstable or clearly worse, post-norm slower
 to converge, NoPE worse than RoPE), and a finding that does not reproduce is printed as such. A recipe piece counts
-as a gain only when it ends at least RECIPE_MIN_GAIN below the Muon baseline.
+as a gain only when it ends at least RECIPE_MIN_GAIN below the plain recipe (the experiment's first variant).
 """
 
 from __future__ import annotations
@@ -101,19 +101,17 @@ def ablation_findings(result: ExperimentResult) -> list[str]:
 
 
 def recipe_findings(result: ExperimentResult) -> list[str]:
-    """Each recipe piece against the Muon baseline: a gain, or not (and then it is not a default)."""
-    rows = _rows(result)
-    base = rows["baseline"]["final_val_loss"]
+    """Each recipe variant against the first (the plain recipe): a gain past the noise margin, or not."""
+    rows = list(_rows(result).values())
+    base_name, base = rows[0]["variant"], rows[0]["final_val_loss"]
     findings = []
-    for name, row in rows.items():
-        if name == "baseline":
-            continue
+    for row in rows[1:]:
         loss = row["final_val_loss"]
         if loss is None or base is None:
-            findings.append(f"{name}: no verdict ({row['status']})")
+            findings.append(f"{row['variant']}: no verdict ({row['status']})")
             continue
         verdict = "gain" if base - loss >= RECIPE_MIN_GAIN else "no gain"
-        findings.append(f"{name}: {verdict} ({loss:.4f} vs baseline {base:.4f}, {loss - base:+.4f})")
+        findings.append(f"{row['variant']}: {verdict} ({loss:.4f} vs {base_name} {base:.4f}, {loss - base:+.4f})")
     return findings
 
 

@@ -57,10 +57,9 @@ class QuickBudget:
 # 69.5 % -> 74 %), so pretraining gets most of the budget; SFT and DPO each take ~1 min.
 CPU_QUICK = QuickBudget(demo_stories=22_000, pretrain_s=560, pretrain_steps=1000, pretrain_batch=16, sft_s=90,
                         dpo_s=75, eval_steps=250, save_steps=500)
-# GPU: sized, not measured (no GPU was lent). 8,000 steps finish inside pretrain_s at >= 9 steps/s, so the cosine
-# anneals before max_time (20,000 steps needed 22/s, else max_time cut the run before the decay); 8 evaluations
-# instead of 80. `make gpu-check` reports tiny's steps/s at batch 64; if max_time still stops the run first, the
-# log says so and gives the step count that fits.
+# GPU: sized, not measured (no GPU was lent). 8,000 steps finish inside pretrain_s at >= 9 steps/s; on a slower
+# GPU the wsd decay is brought forward to end inside max_time (TrainingLoop.fit_schedule_to_time). 8 evaluations
+# instead of 80.
 GPU_QUICK = QuickBudget(demo_stories=100_000, pretrain_s=900, pretrain_steps=8_000, pretrain_batch=64, sft_s=300,
                         dpo_s=240, eval_steps=1_000, save_steps=2_000)
 
@@ -201,7 +200,7 @@ class RealDataBudget:
 
 
 # Prototype on an RTX 4090 (SESSIONS.md has the arithmetic): tiny on 1M TinyStories stories (~230M tokens),
-# 80 min of training; max_steps sized so that the cosine reaches its floor near the time limit at ~270k tok/s.
+# 80 min of training; max_steps sized so that the schedule ends near the time limit at ~270k tok/s.
 PROTOTYPE = RealDataBudget(
     budget_s=2 * 3600, preset="config/tiny.json", max_documents=1_000_000, vocab_size=None, pretrain_s=4800,
     pretrain_steps=40_000, pretrain_flags=("--batch_size", "64", "--max_length", "512"), finetune_s=0,

@@ -38,6 +38,8 @@ SCHEDULER_FILE = "scheduler.pt"
 SCALER_FILE = "scaler.pt"
 STATE_FILE = "trainer_state.json"
 MODEL_CONFIG_FILE = "model_config.json"
+RESOLVED_FILE = "config.resolved.json"
+SCHEDULE_BEFORE_DEFAULT = "cosine"  # checkpoints written before --lr_schedule existed, or under its old default
 STEP_DIR_RE = re.compile(r"^step-(\d+)$")
 DEFAULT_OPTIMIZER = "adamw"  # what a checkpoint without an "optimizer" entry in its meta was trained with
 
@@ -58,6 +60,9 @@ class TrainerState:
     tokens_seen: int = 0
     best_val_loss: float | None = None
     elapsed_seconds: float = 0.0
+    # wsd under --max_time: the step the schedule ends at when fewer than max_steps fit in the time (see
+    # TrainingLoop.fit_schedule_to_time); None = max_steps. Saved, so a resumed run keeps the same schedule.
+    schedule_steps: int | None = None
 
 
 def step_dir_name(step: int) -> str:
@@ -120,7 +125,7 @@ def save_checkpoint(run_dir: Path, process: ProcessInfo, model: torch.nn.Module,
             torch.save(scaler.state_dict(), tmp / SCALER_FILE)
         write_json(tmp / STATE_FILE, asdict(state))
         write_json(tmp / MODEL_CONFIG_FILE, model_config)
-        write_json(tmp / "config.resolved.json", resolved_config)
+        write_json(tmp / RESOLVED_FILE, resolved_config)
         write_meta(tmp, **meta, step=state.step, tokens_seen=state.tokens_seen)
     process.wait_for_everyone()
     if process.is_main_process:
@@ -214,6 +219,7 @@ class LoadedCheckpoint:
     state: TrainerState
     model_config: dict[str, Any]
     meta: dict[str, Any]
+    resolved_config: dict[str, Any]
 
 
 def _load_on_cpu(path: Path) -> Any:
@@ -235,6 +241,7 @@ def load_checkpoint(path: Path, process_index: int) -> LoadedCheckpoint:
         state=TrainerState(**read_json(path / STATE_FILE)),
         model_config=read_json(path / MODEL_CONFIG_FILE),
         meta=read_json(path / "meta.json"),
+        resolved_config=read_json(path / RESOLVED_FILE) if (path / RESOLVED_FILE).is_file() else {},
     )
 
 
@@ -252,6 +259,15 @@ def check_same_optimizer(checkpoint: LoadedCheckpoint, optimizer: str) -> None:
         raise CheckpointError(f"{checkpoint.path} was trained with --optimizer {saved}, but this run asks for "
                               f"--optimizer {optimizer}: resume with --optimizer {saved}, or start a new run in "
                               f"another --output_dir to train with {optimizer}")
+
+
+def warn_schedule_change(checkpoint: LoadedCheckpoint, schedule: str) -> None:
+    """The LR schedule may change on resume like the LR itself, but since wsd became the default a run started
+    under cosine would switch shape mid-run without a word: say so, and how to keep the old one."""
+    saved = checkpoint.resolved_config.get("lr_schedule", SCHEDULE_BEFORE_DEFAULT)
+    if saved != schedule:
+        log.warning("%s was trained with --lr_schedule %s; this run continues with --lr_schedule %s (pass "
+                    "--lr_schedule %s to keep the original schedule)", checkpoint.path, saved, schedule, saved)
 
 
 def check_compatible(checkpoint_config: dict[str, Any], current: dict[str, Any], path: Path) -> None:

@@ -20,7 +20,7 @@ import torch
 import xxhash
 from tqdm import tqdm
 
-from utils.core.distributed import any_process
+from utils.core.distributed import any_process, on_main_process
 from utils.core.environment import keep_freed_memory
 from utils.core.errors import ConfigError, LumiError
 from utils.lm.metrics import MetricsLogger, device_peak_flops, memory_stats, plot_loss
@@ -34,6 +34,7 @@ from utils.train.checkpoint import (
     prune_checkpoints,
     restore_rng_state,
     save_checkpoint,
+    warn_schedule_change,
 )
 from utils.train.loss import CausalLMLoss
 from utils.train.optimizers import build_optimizer, learning_rates, lr_fraction
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 MIN_LR_RATIO = 0.1  # cosine decays to 10 % of the peak learning rate
 WSD_DECAY_FRACTION = 0.2  # warmup-stable-decay: the last 20 % of the steps decay linearly to zero
+# A wsd schedule fitted to --max_time ends when this share of it has passed: the rest is for the last evaluation
+# and save, and for the step time varying.
+SCHEDULE_TIME_SHARE = 0.95
 LR_FLOOR = {"cosine": MIN_LR_RATIO, "wsd": 0.0}
 CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"  # what cuBLAS documents for reproducible results
 DETERMINISM_ALERT = "use_deterministic_algorithms"  # in PyTorch's error for an op without a deterministic kernel
@@ -69,8 +73,9 @@ class LoopConfig:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     warmup_steps: int = 1000
-    lr_schedule: Literal["cosine", "wsd"] = "cosine"  # after the warmup: cosine, or constant then linear decay
-    z_loss: float = 0.0  # weight of logsumexp(logits)^2 in the training loss (PaLM's z-loss; 0 = off)
+    # After the warmup: wsd (the peak held, then linear to zero) or cosine to MIN_LR_RATIO. wsd is the default
+    # because it measured better at equal tokens (make bench-recipe; README "Training recipe").
+    lr_schedule: Literal["cosine", "wsd"] = "wsd"
     max_steps: int = 5000
     max_time: float | None = None  # seconds; stop cleanly (checkpoint + final model) when exceeded
     batch_size: int = 16
@@ -98,8 +103,6 @@ class LoopConfig:
             raise ConfigError(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.z_loss < 0:
-            raise ConfigError(f"z_loss must be >= 0, got {self.z_loss}")
 
 
 class StepData(Protocol):
@@ -141,10 +144,14 @@ def set_determinism(enabled: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
 
 
+def wsd_decay_start(warmup_steps: int, total_steps: int) -> int:
+    return max(warmup_steps, total_steps - round(WSD_DECAY_FRACTION * total_steps))
+
+
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str = "cosine") -> Callable[[int], float]:
     """Linear warmup to the peak, then either cosine to MIN_LR_RATIO of it at `total_steps`, or (wsd) the peak
     held until the last WSD_DECAY_FRACTION of the steps and a linear decay to zero over them."""
-    decay_start = max(warmup_steps, total_steps - round(WSD_DECAY_FRACTION * total_steps))
+    decay_start = wsd_decay_start(warmup_steps, total_steps)
 
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
@@ -191,27 +198,54 @@ class TrainingLoop:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.optimizer = build_optimizer(model, config, self.device.type)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(config.warmup_steps, config.max_steps, config.lr_schedule))
+        self.state = TrainerState()
+        # A plain function over self.state: the schedule's length can be fitted to --max_time during the run
+        # (fit_schedule_to_time), and LambdaLR saves no state for functions, so resume rebuilds it from the state.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: self._lr_factor(step))
         # The loop trains model + fused loss as one module (see utils/train/loss.py); `lm()` is the HF model.
         # The scheduler is not prepared: Accelerate's wrapper steps it once per process on each optimizer step, which
         # would run the warmup and cosine num_processes times faster under DDP. Our step is the optimizer step.
-        self.model, self.optimizer = accelerator.prepare(CausalLMLoss(model, fused=not config.compile,
-                                                                      z_loss=config.z_loss),
+        self.model, self.optimizer = accelerator.prepare(CausalLMLoss(model, fused=not config.compile),
                                                          self.optimizer)
         if config.compile:
             self.model = torch.compile(self.model)
-        self.state = TrainerState()
         self.last_batch_hash = ""
         self.metrics = MetricsLogger(context.run_dir, config.report_to, accelerator.is_main_process,
                                      context.run_name, context.resolved_config)
         precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
         self.peak_flops, self.peak_source = device_peak_flops(self.device, precision)
 
+    def end_step(self) -> int:
+        return self.state.schedule_steps or self.config.max_steps
+
+    def _lr_factor(self, step: int) -> float:
+        return lr_lambda(self.config.warmup_steps, self.end_step(), self.config.lr_schedule)(step)
+
+    def fit_schedule_to_time(self) -> None:
+        """wsd under --max_time: when the steps that fit in the time come before max_steps, the decay starts early
+        enough to end by then, so a time-bound run still ends annealed (the point of WSD: the stable phase can
+        end whenever). The main process's projection decides for every process."""
+        config, state = self.config, self.state
+        if (config.lr_schedule != "wsd" or config.max_time is None or state.schedule_steps is not None
+                or state.step <= config.warmup_steps):
+            return
+
+        def projected() -> int:
+            seconds_left = config.max_time * SCHEDULE_TIME_SHARE - state.elapsed_seconds
+            return state.step + max(0, int(seconds_left * state.step / state.elapsed_seconds))
+
+        total = on_main_process(self.accelerator, projected)
+        if total < config.max_steps and state.step >= wsd_decay_start(config.warmup_steps, total):
+            state.schedule_steps = max(total, state.step + 1)
+            log.info("max_time %.0f s fits about %d of max_steps %d: the wsd decay starts now (step %d) and ends at "
+                     "step %d", config.max_time, state.schedule_steps, config.max_steps, state.step,
+                     state.schedule_steps)
+
     # ---------------------------------------------------------------- resume
     def resume(self, checkpoint: LoadedCheckpoint) -> None:
         check_compatible(checkpoint.model_config, self.context.model_shape, checkpoint.path)
         check_same_optimizer(checkpoint, self.config.optimizer)
+        warn_schedule_change(checkpoint, self.config.lr_schedule)
         load_weights(self.lm(), checkpoint.path)
         self.optimizer.load_state_dict(checkpoint.optimizer_state)
         self.scheduler.load_state_dict(checkpoint.scheduler_state)
@@ -278,7 +312,7 @@ class TrainingLoop:
                         disable=not self.accelerator.is_local_main_process, mininterval=1.0)
         self.model.train()
         stop_reason = "max_steps"
-        while state.step < config.max_steps:
+        while state.step < self.end_step():
             try:
                 loss, grad_norm = self.train_step()
             except torch.OutOfMemoryError as exc:
@@ -299,7 +333,12 @@ class TrainingLoop:
             window_steps += 1
             window_loss += loss
             state.elapsed_seconds = time.perf_counter() - started
-            if state.step % config.logging_steps == 0 or state.step == config.max_steps:
+            self.fit_schedule_to_time()
+            last = state.step == self.end_step()
+            if last and state.schedule_steps is not None:
+                stop_reason = "max_time"  # the schedule fitted to it has ended
+            progress.total = self.end_step()
+            if state.step % config.logging_steps == 0 or last:
                 seconds = time.perf_counter() - window_start
                 self._log_train(window_loss / window_steps, grad_norm, window_tokens / seconds, progress)
                 window_start, window_tokens, window_steps, window_loss = time.perf_counter(), 0, 0, 0.0
@@ -309,11 +348,11 @@ class TrainingLoop:
             if out_of_time:
                 stop_reason = "max_time"
             paused = time.perf_counter()
-            if state.step % config.eval_steps == 0 or state.step == config.max_steps or out_of_time:
+            if state.step % config.eval_steps == 0 or last or out_of_time:
                 self._evaluate()
             if self.evaluator.benchmark_steps and state.step % self.evaluator.benchmark_steps == 0:
                 self._benchmark()
-            if state.step % config.save_steps == 0 or state.step == config.max_steps or out_of_time:
+            if state.step % config.save_steps == 0 or last or out_of_time:
                 self._save()
             window_start += time.perf_counter() - paused  # tokens/s measures training, not evaluation or saving
             if out_of_time:

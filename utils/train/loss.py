@@ -47,10 +47,10 @@ def _chunk_rows(vocab: int) -> int:
 
 
 def _loss_and_logit_grads(logits: torch.Tensor, targets: torch.Tensor, workspace: Workspace,
-                          grad_scale: float | None, z_loss: float = 0.0) -> torch.Tensor:
-    """Summed cross-entropy of `logits` (rows, vocab), plus z_loss * logsumexp^2 per target. With a grad_scale,
-    overwrites `logits` with grad_scale * d(sum loss)/d(logits), scaled in fp32 before rounding to the compute
-    dtype as autocast's backward would round it."""
+                          grad_scale: float | None) -> torch.Tensor:
+    """Summed cross-entropy of `logits` (rows, vocab). With a grad_scale, overwrites `logits` with
+    grad_scale * d(sum loss)/d(logits), scaled in fp32 before rounding to the compute dtype as autocast's
+    backward would round it."""
     rows, vocab = logits.shape
     step = min(rows, _chunk_rows(vocab))
     total = torch.zeros((), dtype=torch.float32, device=logits.device)
@@ -62,14 +62,9 @@ def _loss_and_logit_grads(logits: torch.Tensor, targets: torch.Tensor, workspace
         valid = target != IGNORE_INDEX
         picked = target.clamp(min=0).unsqueeze(1)
         lse = torch.logsumexp(scratch, dim=1)
-        per_row = lse - scratch.gather(1, picked).squeeze(1)
-        if z_loss:
-            per_row = per_row + z_loss * lse.square()
-        total += (per_row * valid).sum()
+        total += ((lse - scratch.gather(1, picked).squeeze(1)) * valid).sum()
         if grad_scale is not None:
             probs = scratch.sub_(lse.unsqueeze(1)).exp_()
-            if z_loss:  # d(z * lse^2)/d(logits) = 2 z lse softmax
-                probs.mul_((1.0 + 2.0 * z_loss * lse).unsqueeze(1))
             probs.scatter_(1, picked, probs.gather(1, picked) - 1.0)  # softmax - one-hot; indices unique per row
             probs.mul_(valid.unsqueeze(1) * grad_scale)
             chunk.copy_(probs)
@@ -79,11 +74,11 @@ def _loss_and_logit_grads(logits: torch.Tensor, targets: torch.Tensor, workspace
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, normalizer: float,
-                dtype: torch.dtype, workspace: Workspace, z_loss: float) -> torch.Tensor:
+                dtype: torch.dtype, workspace: Workspace) -> torch.Tensor:
         h, w = hidden.to(dtype), weight.to(dtype)
         logits = workspace.get("logits", (h.shape[0], w.shape[0]), dtype, h.device)
         torch.mm(h, w.t(), out=logits)
-        total = _loss_and_logit_grads(logits, targets, workspace, grad_scale=1.0 / normalizer, z_loss=z_loss)
+        total = _loss_and_logit_grads(logits, targets, workspace, grad_scale=1.0 / normalizer)
         ctx.save_for_backward(torch.mm(logits, w), torch.mm(logits.t(), h))
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return total / normalizer
@@ -93,36 +88,32 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors  # already divided by the normalizer
         hidden_dtype, weight_dtype = ctx.dtypes
         return (grad_hidden.to(hidden_dtype) * grad_loss.to(hidden_dtype),
-                grad_weight.to(weight_dtype) * grad_loss.to(weight_dtype), None, None, None, None, None)
+                grad_weight.to(weight_dtype) * grad_loss.to(weight_dtype), None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, normalizer: float,
-                         workspace: Workspace, z_loss: float = 0.0) -> torch.Tensor:
-    """sum over tokens of cross-entropy(hidden @ weight.T, targets) (+ z_loss * logsumexp^2) / normalizer, for
-    hidden (tokens, dim)."""
+                         workspace: Workspace) -> torch.Tensor:
+    """sum over tokens of cross-entropy(hidden @ weight.T, targets) / normalizer, for hidden (tokens, dim)."""
     dtype = _compute_dtype(hidden)
     if dtype == torch.float16:
         # fp16 gradients of ~1/vocab/tokens underflow unless the grad scaler's factor is applied before rounding,
         # and that factor only reaches backward: fp16 (GPUs without bf16) takes the unfused path.
-        return unfused_linear_cross_entropy(hidden, weight, targets, normalizer, z_loss)
+        return unfused_linear_cross_entropy(hidden, weight, targets, normalizer)
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         with torch.autocast(hidden.device.type, enabled=False):
-            return _FusedLinearCrossEntropy.apply(hidden, weight, targets, normalizer, dtype, workspace, z_loss)
+            return _FusedLinearCrossEntropy.apply(hidden, weight, targets, normalizer, dtype, workspace)
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
         logits = workspace.get("logits", (hidden.shape[0], weight.shape[0]), dtype, hidden.device)
         torch.mm(hidden.to(dtype), weight.to(dtype).t(), out=logits)
-        return _loss_and_logit_grads(logits, targets, workspace, grad_scale=None, z_loss=z_loss) / normalizer
+        return _loss_and_logit_grads(logits, targets, workspace, grad_scale=None) / normalizer
 
 
 def unfused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                                 normalizer: float, z_loss: float = 0.0) -> torch.Tensor:
-    """The textbook loss over materialised logits, as LlamaForCausalLM computes it (plus the z-loss term)."""
-    logits = torch.nn.functional.linear(hidden, weight).float()
-    loss = torch.nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-    if z_loss:
-        valid = targets != IGNORE_INDEX
-        loss = loss + z_loss * (torch.logsumexp(logits, dim=-1).square() * valid).sum()
-    return loss / normalizer
+                                 normalizer: float) -> torch.Tensor:
+    """The textbook loss over materialised logits, as LlamaForCausalLM computes it."""
+    logits = torch.nn.functional.linear(hidden, weight)
+    return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX,
+                                             reduction="sum") / normalizer
 
 
 class CausalLMLoss(torch.nn.Module):
@@ -133,11 +124,10 @@ class CausalLMLoss(torch.nn.Module):
     textbook loss, for torch.compile: Inductor fuses it into the graph itself, which beats the eager fused loss.
     """
 
-    def __init__(self, lm: Any, fused: bool = True, z_loss: float = 0.0) -> None:
+    def __init__(self, lm: Any, fused: bool = True) -> None:
         super().__init__()
         self.lm = lm
         self.fused = fused
-        self.z_loss = z_loss  # training only: validation reports the plain cross-entropy
         self.workspace = Workspace()
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor, normalizer: float | None = None) -> torch.Tensor:
@@ -148,13 +138,12 @@ class CausalLMLoss(torch.nn.Module):
         if normalizer is None:
             normalizer = max(1, int((flat_targets != IGNORE_INDEX).sum()))
         flat_hidden = hidden.reshape(-1, hidden.shape[-1])
-        z_loss = self.z_loss if self.training else 0.0
         if not self.fused:
-            return unfused_linear_cross_entropy(flat_hidden, head.weight, flat_targets, normalizer, z_loss)
-        return _fused_loss(flat_hidden, head.weight, flat_targets, normalizer, self.workspace, z_loss)
+            return unfused_linear_cross_entropy(flat_hidden, head.weight, flat_targets, normalizer)
+        return _fused_loss(flat_hidden, head.weight, flat_targets, normalizer, self.workspace)
 
 
 @torch.compiler.disable  # python-level chunk loop and in-place workspace: run eagerly inside a compiled model
 def _fused_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, normalizer: float,
-                workspace: Workspace, z_loss: float) -> torch.Tensor:
-    return linear_cross_entropy(hidden, weight, targets, normalizer, workspace, z_loss)
+                workspace: Workspace) -> torch.Tensor:
+    return linear_cross_entropy(hidden, weight, targets, normalizer, workspace)
