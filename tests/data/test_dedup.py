@@ -12,7 +12,14 @@ from datasketch import MinHash
 
 from tests.conftest import story_texts
 from utils.data.config import DataConfig
-from utils.data.dedup import SHINGLES_PER_STEP, MinHasher, NearDuplicateIndex, exact_key, shingles
+from utils.data.dedup import (
+    SHINGLES_PER_STEP,
+    MinHasher,
+    NearDuplicateIndex,
+    detection_probability,
+    exact_key,
+    shingles,
+)
 
 PAIRS = 20  # per Jaccard level: LSH is a probabilistic filter, so the boundary is judged on counts
 
@@ -38,7 +45,7 @@ def test_near_duplicates_are_dropped_streaming() -> None:
     base = " ".join(stories[:5])
     near_copy = base.replace(".", "!", 1)  # punctuation is not in word shingles: the shingle sets are equal
     assert jaccard(base, near_copy) == 1.0
-    index = NearDuplicateIndex(num_perm=128, threshold=0.8)
+    index = NearDuplicateIndex(num_perm=128, bands=16)
     first = index.add_batch([base] + stories[5:20])
     second = index.add_batch([near_copy] + stories[20:])
     assert first == [False] * 16  # distinct stories are kept
@@ -48,8 +55,8 @@ def test_near_duplicates_are_dropped_streaming() -> None:
 
 def test_index_defaults_are_stage_01_settings() -> None:
     defaults = inspect.signature(NearDuplicateIndex).parameters
-    assert [defaults[name].default for name in ("num_perm", "threshold", "shingle_size")] == \
-        [DataConfig.minhash_num_perm, DataConfig.minhash_threshold, DataConfig.shingle_size]
+    assert [defaults[name].default for name in ("num_perm", "bands", "shingle_size")] == \
+        [DataConfig.minhash_num_perm, DataConfig.minhash_bands, DataConfig.shingle_size]
 
 
 def test_duplicate_within_one_batch_is_caught() -> None:
@@ -77,19 +84,29 @@ def variant_at(text: str, target: float) -> str:
     return min(candidates, key=lambda candidate: abs(jaccard(text, candidate) - target))
 
 
-@pytest.mark.parametrize("target, least_dropped, most_dropped", [(0.70, 0, 5), (0.90, 14, PAIRS)])
-def test_near_duplicate_threshold_boundary(target: float, least_dropped: int, most_dropped: int) -> None:
-    """At stage 01's threshold (0.8, 128 permutations: LSH bands of 9 x 13) a pair at Jaccard 0.70 is a candidate
-    with probability 0.08 (1.7 of 20 expected) and one at 0.90 with 0.93 (18.6); a threshold of 0.5 would drop
-    19.8 of the first, one of 0.9 keep 13.8 of the second. The fixtures measure their own Jaccard: they cannot drift."""
+@pytest.mark.parametrize("target, least_dropped, most_dropped", [(0.50, 0, 4), (0.80, 16, PAIRS), (0.90, 19, PAIRS)])
+def test_near_duplicate_detection_follows_the_bands(target: float, least_dropped: int, most_dropped: int) -> None:
+    """Stage 01's 128 permutations in 16 bands of 8 make a pair a candidate with probability 0.06 at Jaccard 0.5
+    (1.2 of 20 expected), 0.947 at 0.8 (18.9) and 0.9999 at 0.9 (20). The bands datasketch picks for a 0.8
+    threshold (9 of 13) would drop only 8 of 20 at 0.8. The fixtures measure their own Jaccard: they cannot drift."""
     stories = story_texts(12 * PAIRS, seed=11)
     dropped = 0
     for pair in range(PAIRS):
         base = " ".join(stories[12 * pair:12 * (pair + 1)])
         variant = variant_at(base, target)
         assert jaccard(base, variant) == pytest.approx(target, abs=0.02)
-        index = NearDuplicateIndex(DataConfig.minhash_num_perm, DataConfig.minhash_threshold, DataConfig.shingle_size)
+        index = NearDuplicateIndex(DataConfig.minhash_num_perm, DataConfig.minhash_bands, DataConfig.shingle_size)
         first, second = index.add_batch([base, variant])
         assert first is False
         dropped += second
     assert least_dropped <= dropped <= most_dropped
+
+
+def test_the_stated_detection_probabilities_and_the_bands_setting() -> None:
+    assert detection_probability(0.8, 16, 8) == pytest.approx(0.947, abs=5e-4)
+    assert detection_probability(0.5, 16, 8) == pytest.approx(0.061, abs=5e-4)
+    assert detection_probability(0.8, 9, 13) == pytest.approx(0.399, abs=5e-4)  # datasketch's bands for 0.8
+    index = NearDuplicateIndex()
+    assert (index.bands, index.rows) == (16, 8) and (index.lsh.b, index.lsh.r) == (16, 8)
+    with pytest.raises(ValueError, match="minhash_bands 12 must divide minhash_num_perm 128"):
+        DataConfig(name="x", minhash_bands=12)

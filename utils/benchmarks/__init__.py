@@ -2,7 +2,8 @@
 
 common           what every benchmark shares: TargetCheck/TargetMissed, machine_info, tables and figures,
                  emit_report, run_in_fresh_process and the peak-RSS helper
-data             make bench-data: stage 01 throughput per stage and end to end, peak memory at 1x and Nx, MinHash
+data             make bench-data: stage 01 throughput per stage and end to end, memory and recall at 1x and Nx, MinHash
+data_scale       make bench-data's corpus: distinct short documents with planted near-duplicates; tree memory sampler
 train            make bench-train: stage 02 tokens/s, MFU and memory of our step beside the reference; checkpoint saves
 recipe           make bench-recipe: the optimizers, ablations and recipe experiments on mirror prose, Muon's targets
 reference_llama  the plain-PyTorch LLaMA training step (TrainReference) that make bench-train compares ours against

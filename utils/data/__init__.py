@@ -4,8 +4,9 @@ config        DataConfig (the settings, their validation, the default name) and 
 sources       document sources: local files (txt, jsonl/json, parquet, .gz, globs) and Hugging Face datasets
 cleaning      text cleaning: ftfy, NFC, control characters, URLs, fenced code, whitespace
 filters       length, language and Gopher-style quality filters, each drop named by its reason
+langid        py3langid's model run on a batch of documents at once (same labels, ~6x faster on short documents)
 dedup         exact (SHA256) and near-duplicate (MinHash-LSH) dedup
-pipeline      pass 1: the clean/filter worker pool, dedup, the spool, FirstPass, the train/val split
+pipeline      pass 1: the clean/filter/MinHash worker pool, dedup, the spool, FirstPass, the train/val split
 prepare       tokenizer training or reuse, pass 2 into shards, outputs, the rerun fingerprint, prepare_dataset
 report        stats.json and DATA_CARD.md
 demo_stories  the demo story grammar: vocabulary, sentence templates, the seeded pretraining stories

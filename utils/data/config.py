@@ -47,7 +47,7 @@ class DataConfig:
     exact_dedup: bool = True
     near_dedup: bool = True
     minhash_num_perm: int = 128
-    minhash_threshold: float = 0.8
+    minhash_bands: int = 16  # LSH bands of minhash_num_perm / minhash_bands rows (utils/data/dedup.py: why 16)
     shingle_size: int = 5
     train_fraction: float = 0.98
     seed: int = 1234
@@ -78,8 +78,9 @@ class DataConfig:
             self.name = default_dataset_name(self)
         if not 0.0 < self.train_fraction < 1.0:
             raise ValueError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
-        if not 0.0 < self.minhash_threshold <= 1.0:
-            raise ValueError(f"minhash_threshold must be in (0, 1], got {self.minhash_threshold}")
+        if self.minhash_bands < 1 or self.minhash_num_perm % self.minhash_bands:
+            raise ValueError(f"minhash_bands {self.minhash_bands} must divide minhash_num_perm "
+                             f"{self.minhash_num_perm} (e.g. 16 bands of 8 for 128 permutations)")
         if self.min_chars > self.max_chars:
             raise ValueError(f"min_chars {self.min_chars} exceeds max_chars {self.max_chars}")
         if self.max_length < 16:

@@ -1,16 +1,16 @@
-"""Document filters: length, language (py3langid, whose model ships in the package), and Gopher-style quality
-heuristics. `drop_reason` returns the first failing rule's name, so every drop is counted by reason."""
+"""Document filters: length, language (py3langid's model, which ships in its package, batched in utils/data/langid.py),
+and Gopher-style quality heuristics. `drop_reasons` returns each text's first failing rule's name, so every drop is
+counted by reason."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from py3langid.langid import LanguageIdentifier
+from utils.data.langid import classify_batch
 
+LANGUAGE_BATCH = 256  # texts per language-identification batch: its byte matrices stay a few MB
 # Characters that are rare in prose and common in markup, code and spam.
 _SYMBOL_RE = re.compile(r"[#@*\\/&%$^~`|<>{}=+_\[\]]")
 # Gopher's rule: real English text contains several of these function words.
@@ -32,20 +32,30 @@ class FilterOptions:
     min_stop_words: int = 2
 
 
-@lru_cache(maxsize=1)
-def _identifier() -> "LanguageIdentifier":
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-
-
-def detect_language(text: str, sample_chars: int) -> tuple[str, float]:
-    language, probability = _identifier().classify(text[:sample_chars])
-    return language, float(probability)
+def drop_reasons(texts: Sequence[str], options: FilterOptions) -> list[str | None]:
+    """For each text, the name of the first rule it fails, or None to keep it. Language identification runs once
+    for the texts that reach it, in length-sorted batches (utils/data/langid.py)."""
+    reasons = [_cheap_reason(text, options) for text in texts]
+    if options.language:
+        pending = sorted((i for i, reason in enumerate(reasons) if reason is None), key=lambda i: len(texts[i]))
+        for start in range(0, len(pending), LANGUAGE_BATCH):
+            chunk = pending[start:start + LANGUAGE_BATCH]
+            found = classify_batch([texts[i] for i in chunk], options.language_sample_chars)
+            for i, (language, probability) in zip(chunk, found):
+                if language != options.language or probability < options.language_threshold:
+                    reasons[i] = "language"
+    if options.min_stop_words:  # after the language rule: it only makes sense for English
+        for i, reason in enumerate(reasons):
+            if reason is None and _count_stop_words(texts[i].split(), options.min_stop_words) < options.min_stop_words:
+                reasons[i] = "few_stop_words"
+    return reasons
 
 
 def drop_reason(text: str, options: FilterOptions) -> str | None:
-    """The name of the first rule `text` fails, or None to keep it."""
+    return drop_reasons([text], options)[0]
+
+
+def _cheap_reason(text: str, options: FilterOptions) -> str | None:
     if len(text) < options.min_chars:
         return "too_short"
     if len(text) > options.max_chars:
@@ -56,12 +66,6 @@ def drop_reason(text: str, options: FilterOptions) -> str | None:
     mean_length = sum(map(len, words)) / max(len(words), 1)
     if not options.min_mean_word_length <= mean_length <= options.max_mean_word_length:
         return "mean_word_length"
-    if options.language:  # before the stop-word rule, which only makes sense for English
-        language, probability = detect_language(text, options.language_sample_chars)
-        if language != options.language or probability < options.language_threshold:
-            return "language"
-    if options.min_stop_words and _count_stop_words(words, options.min_stop_words) < options.min_stop_words:
-        return "few_stop_words"
     return None
 
 

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from utils.core.errors import DataError
 from utils.data.cleaning import CleaningOptions, clean_text, split_long_text
 from utils.data.config import DataConfig, hub_dataset
-from utils.data.dedup import NearDuplicateIndex, exact_key
-from utils.data.filters import FilterOptions, drop_reason
+from utils.data.dedup import MinHasher, NearDuplicateIndex, exact_key
+from utils.data.filters import FilterOptions, drop_reasons
 from utils.data.sources import ReadStats, SourceOptions, iter_hub_documents, iter_local_documents
 
 SPOOL_NAME = ".spool.bin"
@@ -55,43 +55,63 @@ class StageTimer:
 @dataclass
 class _BatchResult:
     kept: list[str]
+    signatures: np.ndarray | None = None  # MinHash rows of `kept`, computed in the worker (near dedup on)
     pieces: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
     clean_seconds: float = 0.0
     filter_seconds: float = 0.0
+    minhash_seconds: float = 0.0
 
 
-_WORKER_OPTIONS: tuple[CleaningOptions, FilterOptions, int | None] | None = None
+@dataclass(frozen=True)
+class _WorkerOptions:
+    cleaning: CleaningOptions
+    filters: FilterOptions
+    split_at: int | None
+    minhash: tuple[int, int] | None  # (num_perm, shingle_size) when near dedup is on
 
 
-def _init_worker(options: tuple[CleaningOptions, FilterOptions, int | None]) -> None:
-    global _WORKER_OPTIONS
+_WORKER_OPTIONS: _WorkerOptions | None = None
+_WORKER_HASHER: MinHasher | None = None
+
+
+def _init_worker(options: _WorkerOptions) -> None:
+    global _WORKER_OPTIONS, _WORKER_HASHER
     _WORKER_OPTIONS = options
+    _WORKER_HASHER = MinHasher(*options.minhash) if options.minhash else None
 
 
 def _clean_and_filter(batch: list[str]) -> _BatchResult:
-    """Runs in a worker: clean, split long documents, filter; drops are counted with a few examples."""
-    assert _WORKER_OPTIONS is not None
-    cleaning, filters, split_at = _WORKER_OPTIONS
+    """Runs in a worker: clean, split long documents, filter (drops counted with a few examples), and the MinHash
+    signatures of what is kept, so the main process only queries and updates the LSH index."""
+    options = _WORKER_OPTIONS
+    assert options is not None
     result = _BatchResult(kept=[])
+    start = time.perf_counter()
+    pieces: list[str] = []
     for raw in batch:
-        start = time.perf_counter()
-        text = clean_text(raw, cleaning)
-        pieces = split_long_text(text, split_at) if (split_at and text) else [text]
-        mid = time.perf_counter()
-        for piece in pieces:
-            reason = "empty_after_cleaning" if not piece else drop_reason(piece, filters)
-            if reason is None:
-                result.kept.append(piece)
-                continue
-            result.dropped[reason] = result.dropped.get(reason, 0) + 1
-            examples = result.examples.setdefault(reason, [])
-            if len(examples) < DROP_EXAMPLES_PER_REASON:
-                examples.append(piece[:DROP_EXAMPLE_CHARS])
-        result.pieces += len(pieces)
-        result.clean_seconds += mid - start
-        result.filter_seconds += time.perf_counter() - mid
+        text = clean_text(raw, options.cleaning)
+        pieces += split_long_text(text, options.split_at) if (options.split_at and text) else [text]
+    mid = time.perf_counter()
+    texts = [piece for piece in pieces if piece]
+    reasons = iter(drop_reasons(texts, options.filters))  # one batched language identification for the batch
+    for piece in pieces:
+        reason = next(reasons) if piece else "empty_after_cleaning"
+        if reason is None:
+            result.kept.append(piece)
+            continue
+        result.dropped[reason] = result.dropped.get(reason, 0) + 1
+        examples = result.examples.setdefault(reason, [])
+        if len(examples) < DROP_EXAMPLES_PER_REASON:
+            examples.append(piece[:DROP_EXAMPLE_CHARS])
+    result.pieces = len(pieces)
+    result.clean_seconds = mid - start
+    filtered = time.perf_counter()
+    result.filter_seconds = filtered - mid
+    if _WORKER_HASHER is not None:
+        result.signatures = _WORKER_HASHER.signatures(result.kept)
+        result.minhash_seconds = time.perf_counter() - filtered
     return result
 
 
@@ -153,8 +173,9 @@ def run_pass1(config: DataConfig, files: list[Path], spool_path: Path) -> FirstP
     filters = FilterOptions(config.min_chars, config.max_chars, config.language, config.language_threshold,
                             config.language_sample_chars, config.max_symbol_ratio, config.min_mean_word_length,
                             config.max_mean_word_length, config.min_stop_words)
-    options = (cleaning, filters, config.max_chars if config.split_long_documents else None)
-    near = NearDuplicateIndex(config.minhash_num_perm, config.minhash_threshold, config.shingle_size) \
+    minhash = (config.minhash_num_perm, config.shingle_size) if config.near_dedup else None
+    options = _WorkerOptions(cleaning, filters, config.max_chars if config.split_long_documents else None, minhash)
+    near = NearDuplicateIndex(config.minhash_num_perm, config.minhash_bands, config.shingle_size) \
         if config.near_dedup else None
     seen_exact: set[bytes] = set()
     total_bytes = sum(f.stat().st_size for f in files) or None
@@ -163,7 +184,7 @@ def run_pass1(config: DataConfig, files: list[Path], spool_path: Path) -> FirstP
     with open(spool_path, "wb") as spool, _worker_map(config.num_workers, options) as mapper:
         for result in mapper(_clean_and_filter, batches):
             _absorb(state, result)
-            kept = _dedup(state, result.kept, seen_exact, near)
+            kept = _dedup(state, result, seen_exact, near)
             for text in kept:
                 _spool_write(spool, state, text)
             progress.update(state.read.bytes_read - progress.n)
@@ -175,7 +196,7 @@ def run_pass1(config: DataConfig, files: list[Path], spool_path: Path) -> FirstP
 class _worker_map:  # noqa: N801 - used as a context manager factory
     """`imap` over a process pool (order-preserving, so output is deterministic) or in-process when 0 workers."""
 
-    def __init__(self, workers: int, options: tuple) -> None:
+    def __init__(self, workers: int, options: _WorkerOptions) -> None:
         self.workers, self.options, self.pool = workers, options, None
 
     def __enter__(self):
@@ -197,31 +218,33 @@ def _absorb(state: FirstPass, result: _BatchResult) -> None:
     state.counts["after_filters"] += len(result.kept)
     state.timer.add("clean", result.clean_seconds)
     state.timer.add("filter", result.filter_seconds)
+    state.timer.add("minhash", result.minhash_seconds)
     for reason, count in result.dropped.items():
         state.drop(reason, count, result.examples.get(reason, []))
 
 
-def _dedup(state: FirstPass, texts: list[str], seen: set[bytes], near: NearDuplicateIndex | None) -> list[str]:
+def _dedup(state: FirstPass, result: _BatchResult, seen: set[bytes], near: NearDuplicateIndex | None) -> list[str]:
     with state.timer.measure("exact_dedup"):
-        unique: list[str] = []
-        for text in texts:
+        unique: list[int] = []
+        for index, text in enumerate(result.kept):
             key = exact_key(text)
             if state.config.exact_dedup and key in seen:
                 state.drop("exact_duplicate", 1, [text])
                 continue
             seen.add(key)
-            unique.append(text)
+            unique.append(index)
     state.counts["after_exact_dedup"] += len(unique)
     if near is None or not unique:
-        return unique
+        return [result.kept[i] for i in unique]
+    assert result.signatures is not None
     with state.timer.measure("near_dedup"):
-        flags = near.add_batch(unique)
+        flags = near.add_signatures(result.signatures[unique])
     kept = []
-    for text, duplicate in zip(unique, flags):
+    for index, duplicate in zip(unique, flags):
         if duplicate:
-            state.drop("near_duplicate", 1, [text])
+            state.drop("near_duplicate", 1, [result.kept[index]])
         else:
-            kept.append(text)
+            kept.append(result.kept[index])
     return kept
 
 
