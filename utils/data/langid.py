@@ -6,8 +6,9 @@ advances every document of a batch by one byte per numpy step (so a batch costs 
 steps, not the sum of all lengths), feature counts are gathered for the whole batch with one sort, and the naive
 Bayes scores are one sparse matmul. Same encoding (NFC, all-caps lowered, UTF-8), same features, same
 length-tempered softmax and script-alias folding: labels equal py3langid's and probabilities agree to float32
-rounding (a test holds both on every held-in text). Measured on this 2-core CPU: 30,600 vs 5,200 documents/s on
-~315-character documents, 21,700 vs 5,400 on 300-3,000-character prose.
+rounding (a test holds both on every held-in text). Measured on this 2-core CPU: 26,700 vs 5,200 documents/s on
+~315-character documents (30,600 with an int64 automaton, 39 MB more per worker); 21,700 vs 5,400 on
+300-3,000-character prose (int64).
 """
 
 from __future__ import annotations
