@@ -1,5 +1,5 @@
-"""Dedup: signatures bit-identical to datasketch's MinHash.bulk; exact and near duplicates caught, others kept; the
-near-duplicate threshold at its boundary (pairs at a measured shingle Jaccard of 0.70 kept, 0.90 dropped)."""
+"""Dedup: signatures bit-identical to datasketch's MinHash.bulk; exact and near duplicates caught and named, others
+kept; the near-duplicate threshold at its boundary (pairs at a measured shingle Jaccard of 0.70 kept, 0.90 dropped)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,13 @@ from tests.conftest import story_texts
 from utils.data.config import DataConfig
 from utils.data.dedup import (
     SHINGLES_PER_STEP,
+    KEY_BITS,
+    DedupKeyer,
+    DedupKeys,
+    DuplicateIndex,
     MinHasher,
-    NearDuplicateIndex,
+    SortedKeySet,
+    band_keys,
     detection_probability,
     exact_key,
     shingles,
@@ -40,28 +45,91 @@ def test_exact_key_folds_case_and_whitespace() -> None:
     assert exact_key("hello world") != exact_key("hello there")
 
 
+class Dedup:
+    """Stage 01's keyer and index together: add_batch returns each text's drop reason (None: kept)."""
+
+    def __init__(self, exact: bool = True, near: bool = True) -> None:
+        self.keyer = DedupKeyer(exact, near, DataConfig.minhash_num_perm, DataConfig.minhash_bands,
+                                DataConfig.shingle_size)
+        self.index = DuplicateIndex()
+
+    def add_batch(self, texts: list[str]) -> list[str | None]:
+        return self.index.classify(self.keyer.keys(texts))
+
+
 def test_near_duplicates_are_dropped_streaming() -> None:
     stories = story_texts(40, seed=3)
     base = " ".join(stories[:5])
     near_copy = base.replace(".", "!", 1)  # punctuation is not in word shingles: the shingle sets are equal
     assert jaccard(base, near_copy) == 1.0
-    index = NearDuplicateIndex(num_perm=128, bands=16)
-    first = index.add_batch([base] + stories[5:20])
-    second = index.add_batch([near_copy] + stories[20:])
-    assert first == [False] * 16  # distinct stories are kept
-    assert second[0] is True and not any(second[1:])
-    assert len(index) == 16 + len(stories[20:])
+    dedup = Dedup()
+    first = dedup.add_batch([base] + stories[5:20])
+    second = dedup.add_batch([near_copy] + stories[20:])
+    assert first == [None] * 16  # distinct stories are kept
+    assert second == ["near_duplicate"] + [None] * len(stories[20:])
+    assert len(dedup.index) == 16 + 1 + len(stories[20:])
 
 
-def test_index_defaults_are_stage_01_settings() -> None:
-    defaults = inspect.signature(NearDuplicateIndex).parameters
+def test_exact_duplicates_are_named_and_the_switches_hold() -> None:
+    text = " ".join(story_texts(5, seed=9))
+    batch = [text, "  " + text.upper(), text + " The end."]
+    assert Dedup().add_batch(batch) == [None, "exact_duplicate", "near_duplicate"]
+    assert Dedup(exact=False).add_batch(batch) == [None, "near_duplicate", "near_duplicate"]
+    assert Dedup(near=False).add_batch(batch) == [None, "exact_duplicate", None]
+
+
+def test_keyer_defaults_are_stage_01_settings() -> None:
+    defaults = inspect.signature(DedupKeyer).parameters
     assert [defaults[name].default for name in ("num_perm", "bands", "shingle_size")] == \
         [DataConfig.minhash_num_perm, DataConfig.minhash_bands, DataConfig.shingle_size]
 
 
 def test_duplicate_within_one_batch_is_caught() -> None:
     text = " ".join(story_texts(5, seed=9))
-    assert NearDuplicateIndex().add_batch([text, text + " The end."]) == [False, True]
+    assert Dedup().add_batch([text, text + " The end."]) == [None, "near_duplicate"]
+
+
+def test_a_document_matching_only_a_dropped_one_is_dropped() -> None:
+    """The rule is 'equal to any earlier document', not 'to a kept one': C shares a band only with B, which was
+    dropped for sharing another band with A. The datatrove engine applies the same rule to its bucket files."""
+    keys = DedupKeyer(False, True).keys(story_texts(3, seed=21)).matrix.copy()
+    keys[1, 0] = keys[0, 0]
+    keys[2, 1] = keys[1, 1]
+    assert DuplicateIndex().classify(DedupKeys(keys, exact=False)) == [None, "near_duplicate", "near_duplicate"]
+    index = DuplicateIndex()  # the same across batches
+    assert [index.classify(DedupKeys(keys[i:i + 1], exact=False))[0] for i in range(3)] == \
+        [None, "near_duplicate", "near_duplicate"]
+
+
+def test_a_key_matches_only_its_own_column() -> None:
+    keys = DedupKeyer(True, True).keys(story_texts(2, seed=4)).matrix.copy()
+    keys[1, 2] = keys[0, 3]  # equal values in different bands are not a match
+    assert DuplicateIndex().classify(DedupKeys(keys, exact=True)) == [None, None]
+    keys[1, 0] = keys[0, 0]
+    assert DuplicateIndex().classify(DedupKeys(keys, exact=True)) == [None, "exact_duplicate"]
+
+
+def test_band_keys_depend_on_every_row_and_on_nothing_else() -> None:
+    signatures = MinHasher(128, 5).signatures(story_texts(64, seed=5))
+    keys = band_keys(signatures, 16)
+    assert keys.shape == (64, 16) and keys.dtype == np.uint64 and int(keys.max()) < 2**KEY_BITS
+    assert np.array_equal(keys, band_keys(signatures.copy(), 16))  # deterministic across calls
+    assert len(np.unique(keys)) == keys.size
+    changed = signatures.copy()
+    changed[0, 13] += 1  # row 5 of band 1
+    diff = band_keys(changed, 16) != keys
+    assert diff[0].tolist() == [False, True] + [False] * 14 and not diff[1:].any()
+
+
+def test_sorted_key_set_membership_across_merges() -> None:
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 2**64 - 1, size=5000, dtype=np.uint64)
+    store = SortedKeySet()
+    for start in range(0, 4000, 100):
+        store.add(keys[start:start + 100])
+    assert len(store.runs) <= 6 and store.nbytes == 4000 * 8
+    assert all(np.all(run[1:] > run[:-1]) for run in store.runs)
+    assert store.contains(keys[:4000]).all() and not store.contains(keys[4000:]).any()
 
 
 def jaccard(a: str, b: str) -> float:
@@ -95,10 +163,9 @@ def test_near_duplicate_detection_follows_the_bands(target: float, least_dropped
         base = " ".join(stories[12 * pair:12 * (pair + 1)])
         variant = variant_at(base, target)
         assert jaccard(base, variant) == pytest.approx(target, abs=0.02)
-        index = NearDuplicateIndex(DataConfig.minhash_num_perm, DataConfig.minhash_bands, DataConfig.shingle_size)
-        first, second = index.add_batch([base, variant])
-        assert first is False
-        dropped += second
+        first, second = Dedup().add_batch([base, variant])
+        assert first is None
+        dropped += second == "near_duplicate"
     assert least_dropped <= dropped <= most_dropped
 
 
@@ -106,7 +173,7 @@ def test_the_stated_detection_probabilities_and_the_bands_setting() -> None:
     assert detection_probability(0.8, 16, 8) == pytest.approx(0.947, abs=5e-4)
     assert detection_probability(0.5, 16, 8) == pytest.approx(0.061, abs=5e-4)
     assert detection_probability(0.8, 9, 13) == pytest.approx(0.399, abs=5e-4)  # datasketch's bands for 0.8
-    index = NearDuplicateIndex()
-    assert (index.bands, index.rows) == (16, 8) and (index.lsh.b, index.lsh.r) == (16, 8)
+    keyer = DedupKeyer(True, True)
+    assert keyer.bands == DataConfig.minhash_bands == 16 and keyer.keys(["one two three"]).matrix.shape == (1, 17)
     with pytest.raises(ValueError, match="minhash_bands 12 must divide minhash_num_perm 128"):
         DataConfig(name="x", minhash_bands=12)

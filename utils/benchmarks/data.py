@@ -61,8 +61,8 @@ MINHASH_MIN_LINE_CHARS = 50
 MINHASH_PROSE_DOC_CHARS = 300
 DATASKETCH_DOCS = 5_000
 # Pipeline order for the per-stage table (stats.json stores them sorted); stages not listed go last.
-STAGE_ORDER = ("clean_worker_cpu", "filter_worker_cpu", "minhash_worker_cpu", "exact_dedup", "near_dedup", "pass1_wall",
-                    "tokenizer_training", "tokenization", "end_to_end", "end_to_end_excluding_tokenizer_training")
+STAGE_ORDER = ("clean_worker_cpu", "filter_worker_cpu", "dedup_keys_worker_cpu", "dedup", "pass1_wall",
+                "tokenizer_training", "tokenization", "end_to_end", "end_to_end_excluding_tokenizer_training")
 
 
 @dataclass

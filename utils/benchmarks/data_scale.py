@@ -27,7 +27,7 @@ import psutil
 from utils.benchmarks.common import KIB_PER_MIB, MB, run_in_fresh_process
 from utils.core.artifacts import read_json
 from utils.data.config import DataConfig
-from utils.data.dedup import NearDuplicateIndex
+from utils.data.dedup import DedupKeyer, DuplicateIndex
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +113,18 @@ def write_scale_corpus(files: list[Path], target: Path, copies: int) -> ScaleCor
 
 def near_duplicate_flags(corpus: ScaleCorpus, config: DataConfig) -> tuple[float, int]:
     """(recall on the planted copies, distinct documents flagged) from the stage's own index on the corpus."""
-    index = NearDuplicateIndex(config.minhash_num_perm, config.minhash_bands, config.shingle_size)
+    keyer = DedupKeyer(config.exact_dedup, config.near_dedup, config.minhash_num_perm, config.minhash_bands,
+                       config.shingle_size)
+    index = DuplicateIndex()
     flags: list[bool] = []
     batch: list[str] = []
     with open(corpus.path, encoding="utf-8") as fh:
         for line in fh:
             batch.append(json.loads(line)["text"])
             if len(batch) == RECALL_BATCH:
-                flags += index.add_batch(batch)
+                flags += [reason is not None for reason in index.classify(keyer.keys(batch))]
                 batch = []
-    flags += index.add_batch(batch) if batch else []
+    flags += [reason is not None for reason in index.classify(keyer.keys(batch))] if batch else []
     return sum(flags[corpus.distinct:]) / max(1, corpus.planted), sum(flags[:corpus.distinct])
 
 

@@ -7,13 +7,14 @@ validation_mask turns the split keys into the deterministic train/validation spl
 
 from __future__ import annotations
 
+import array
 import contextlib
 import hashlib
 import itertools
 import multiprocessing
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from utils.core.errors import DataError
 from utils.data.cleaning import CleaningOptions, clean_text, split_long_text
 from utils.data.config import DataConfig, hub_dataset
-from utils.data.dedup import MinHasher, NearDuplicateIndex, exact_key
+from utils.data.dedup import DedupKeyer, DedupKeys, DuplicateIndex
 from utils.data.filters import FilterOptions, drop_reasons
 from utils.data.sources import ReadStats, SourceOptions, iter_hub_documents, iter_local_documents
 
@@ -55,13 +56,13 @@ class StageTimer:
 @dataclass
 class _BatchResult:
     kept: list[str]
-    signatures: np.ndarray | None = None  # MinHash rows of `kept`, computed in the worker (near dedup on)
+    keys: DedupKeys | None = None  # dedup keys of `kept`, computed in the worker (dedup on)
     pieces: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
     clean_seconds: float = 0.0
     filter_seconds: float = 0.0
-    minhash_seconds: float = 0.0
+    dedup_keys_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,22 +70,22 @@ class _WorkerOptions:
     cleaning: CleaningOptions
     filters: FilterOptions
     split_at: int | None
-    minhash: tuple[int, int] | None  # (num_perm, shingle_size) when near dedup is on
+    dedup: tuple[bool, bool, int, int, int] | None  # DedupKeyer's arguments when exact or near dedup is on
 
 
 _WORKER_OPTIONS: _WorkerOptions | None = None
-_WORKER_HASHER: MinHasher | None = None
+_WORKER_KEYER: DedupKeyer | None = None
 
 
 def _init_worker(options: _WorkerOptions) -> None:
-    global _WORKER_OPTIONS, _WORKER_HASHER
+    global _WORKER_OPTIONS, _WORKER_KEYER
     _WORKER_OPTIONS = options
-    _WORKER_HASHER = MinHasher(*options.minhash) if options.minhash else None
+    _WORKER_KEYER = DedupKeyer(*options.dedup) if options.dedup else None
 
 
 def _clean_and_filter(batch: list[str]) -> _BatchResult:
-    """Runs in a worker: clean, split long documents, filter (drops counted with a few examples), and the MinHash
-    signatures of what is kept, so the main process only queries and updates the LSH index."""
+    """Runs in a worker: clean, split long documents, filter (drops counted with a few examples), and the dedup
+    keys of what is kept, so the main process only queries and updates the index."""
     options = _WORKER_OPTIONS
     assert options is not None
     result = _BatchResult(kept=[])
@@ -109,9 +110,9 @@ def _clean_and_filter(batch: list[str]) -> _BatchResult:
     result.clean_seconds = mid - start
     filtered = time.perf_counter()
     result.filter_seconds = filtered - mid
-    if _WORKER_HASHER is not None:
-        result.signatures = _WORKER_HASHER.signatures(result.kept)
-        result.minhash_seconds = time.perf_counter() - filtered
+    if _WORKER_KEYER is not None:
+        result.keys = _WORKER_KEYER.keys(result.kept)
+        result.dedup_keys_seconds = time.perf_counter() - filtered
     return result
 
 
@@ -142,8 +143,8 @@ class FirstPass:
         self.dropped: dict[str, int] = {}
         self.examples: dict[str, list[str]] = {}
         self.timer = StageTimer()
-        self.split_keys: list[int] = []
-        self.sample_keys: list[int] = []
+        self.split_keys = array.array("Q")  # 8 bytes per kept document, not a Python int's 36
+        self.sample_keys = array.array("Q")
         self.kept_chars = 0
         self.kept_bytes = 0
 
@@ -173,18 +174,17 @@ def run_pass1(config: DataConfig, files: list[Path], spool_path: Path) -> FirstP
     filters = FilterOptions(config.min_chars, config.max_chars, config.language, config.language_threshold,
                             config.language_sample_chars, config.max_symbol_ratio, config.min_mean_word_length,
                             config.max_mean_word_length, config.min_stop_words)
-    minhash = (config.minhash_num_perm, config.shingle_size) if config.near_dedup else None
-    options = _WorkerOptions(cleaning, filters, config.max_chars if config.split_long_documents else None, minhash)
-    near = NearDuplicateIndex(config.minhash_num_perm, config.minhash_bands, config.shingle_size) \
-        if config.near_dedup else None
-    seen_exact: set[bytes] = set()
+    dedup = (config.exact_dedup, config.near_dedup, config.minhash_num_perm, config.minhash_bands,
+             config.shingle_size) if config.exact_dedup or config.near_dedup else None
+    options = _WorkerOptions(cleaning, filters, config.max_chars if config.split_long_documents else None, dedup)
+    index = DuplicateIndex() if dedup else None
     total_bytes = sum(f.stat().st_size for f in files) or None
     batches = batched(_iter_raw_documents(config, state.read, files), config.batch_documents)
     progress = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="clean/filter/dedup", mininterval=1.0)
     with open(spool_path, "wb") as spool, _worker_map(config.num_workers, options) as mapper:
         for result in mapper(_clean_and_filter, batches):
             _absorb(state, result)
-            kept = _dedup(state, result, seen_exact, near)
+            kept = _dedup(state, result, index)
             for text in kept:
                 _spool_write(spool, state, text)
             progress.update(state.read.bytes_read - progress.n)
@@ -218,33 +218,25 @@ def _absorb(state: FirstPass, result: _BatchResult) -> None:
     state.counts["after_filters"] += len(result.kept)
     state.timer.add("clean", result.clean_seconds)
     state.timer.add("filter", result.filter_seconds)
-    state.timer.add("minhash", result.minhash_seconds)
+    state.timer.add("dedup_keys", result.dedup_keys_seconds)
     for reason, count in result.dropped.items():
         state.drop(reason, count, result.examples.get(reason, []))
 
 
-def _dedup(state: FirstPass, result: _BatchResult, seen: set[bytes], near: NearDuplicateIndex | None) -> list[str]:
-    with state.timer.measure("exact_dedup"):
-        unique: list[int] = []
-        for index, text in enumerate(result.kept):
-            key = exact_key(text)
-            if state.config.exact_dedup and key in seen:
-                state.drop("exact_duplicate", 1, [text])
-                continue
-            seen.add(key)
-            unique.append(index)
-    state.counts["after_exact_dedup"] += len(unique)
-    if near is None or not unique:
-        return [result.kept[i] for i in unique]
-    assert result.signatures is not None
-    with state.timer.measure("near_dedup"):
-        flags = near.add_signatures(result.signatures[unique])
+def _dedup(state: FirstPass, result: _BatchResult, index: DuplicateIndex | None) -> list[str]:
+    if index is None or not result.kept:
+        reasons: list[str | None] = [None] * len(result.kept)
+    else:
+        assert result.keys is not None
+        with state.timer.measure("dedup"):
+            reasons = index.classify(result.keys)
     kept = []
-    for index, duplicate in zip(unique, flags):
-        if duplicate:
-            state.drop("near_duplicate", 1, [result.kept[index]])
+    for text, reason in zip(result.kept, reasons):
+        if reason is None:
+            kept.append(text)
         else:
-            kept.append(result.kept[index])
+            state.drop(reason, 1, [text])
+    state.counts["after_exact_dedup"] += len(result.kept) - reasons.count("exact_duplicate")
     return kept
 
 
@@ -267,7 +259,7 @@ def spool_read(path: Path) -> Iterator[str]:
             yield fh.read(length).decode("utf-8")
 
 
-def validation_mask(split_keys: list[int], train_fraction: float) -> np.ndarray:
+def validation_mask(split_keys: Sequence[int], train_fraction: float) -> np.ndarray:
     """The documents with the smallest keys go to validation: an exact, order-independent, seeded split."""
     n = len(split_keys)
     if n < 2:

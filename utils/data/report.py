@@ -47,9 +47,8 @@ def build_stats(state: FirstPass, val_mask: np.ndarray, splits: dict[str, dict],
         "stages": {
             "clean_worker_cpu": _stage(t.get("clean", 0.0), read.documents, read.bytes_read),
             "filter_worker_cpu": _stage(t.get("filter", 0.0), counts["pieces"], read.bytes_read),
-            "minhash_worker_cpu": _stage(t.get("minhash", 0.0), counts["after_filters"], read.bytes_read),
-            "exact_dedup": _stage(t.get("exact_dedup", 0.0), counts["after_filters"], state.kept_bytes),
-            "near_dedup": _stage(t.get("near_dedup", 0.0), counts["after_exact_dedup"], state.kept_bytes),
+            "dedup_keys_worker_cpu": _stage(t.get("dedup_keys", 0.0), counts["after_filters"], read.bytes_read),
+            "dedup": _stage(t.get("dedup", 0.0), counts["after_filters"], state.kept_bytes),
             "pass1_wall": _stage(t.get("pass1_wall", 0.0), read.documents, read.bytes_read),
             "tokenizer_training": _stage(tokenizer_seconds, counts["kept"], state.kept_bytes),
             "tokenization": _stage(t.get("tokenization", 0.0), counts["kept"], state.kept_bytes),
@@ -92,7 +91,8 @@ def write_data_card(path: Path, config: DataConfig, stats: dict[str, Any], examp
         f"- Dedup: exact SHA256 of normalised text; MinHash-LSH, word {config.shingle_size}-grams, "
         f"{config.minhash_num_perm} permutations in {config.minhash_bands} bands of {rows}: a pair at Jaccard 0.8 is "
         f"caught with probability {detection_probability(0.8, config.minhash_bands, rows):.3f}, at 0.5 with "
-        f"{detection_probability(0.5, config.minhash_bands, rows):.3f}.",
+        f"{detection_probability(0.5, config.minhash_bands, rows):.3f}. A document is dropped when its exact key "
+        f"or one of its band keys (64 bits each) equals that of any earlier document.",
         f"- Split: {config.train_fraction:.0%} train by document, seeded by content hash (seed {config.seed}).",
         "", "## Counts", "", "| stage | documents |", "|---|---:|",
     ]
