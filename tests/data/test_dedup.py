@@ -13,8 +13,8 @@ from datasketch import MinHash
 from tests.conftest import story_texts
 from utils.data.config import DataConfig
 from utils.data.dedup import (
-    SHINGLES_PER_STEP,
     KEY_BITS,
+    SHINGLES_PER_STEP,
     DedupKeyer,
     DedupKeys,
     DuplicateIndex,
