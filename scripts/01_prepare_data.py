@@ -7,6 +7,7 @@
     python scripts/01_prepare_data.py --input_path ./data/raw/my_corpus.txt    # local files -> data/processed/my_corpus
     python scripts/01_prepare_data.py --input_path ./corpus.jsonl --tokenizer_type bytelevel   # GPT-2-style BPE
     python scripts/01_prepare_data.py --input_path ./corpus.jsonl --tokenizer_path gpt2   # a hub tokenizer, frozen
+    python scripts/01_prepare_data.py --config_path config/datasets/fineweb_edu.json --engine datatrove  # any size
 
 A rerun with the same config does nothing; --force rebuilds (the old output is replaced only when the new one
 is complete). Outputs: tokenizer/, train_*.bin, val_*.bin, manifest.json, stats.json, DATA_CARD.md.
@@ -35,7 +36,14 @@ HELP = {
     "hf_streaming": "stream instead of downloading: no disk copy, but nothing is cached (a rerun needs the network)",
     "mirror_path": "where a LUMI_DATA_DIR mirror keeps this hub dataset (a glob inside the mirror)",
     "max_length": "training context the data is prepared for; stage 02 uses it as its default",
-    "num_workers": "processes for cleaning and filtering (0 = in-process)",
+    "num_workers": "processes for cleaning and filtering (0 = in-process); with the datatrove engine, tasks at a time",
+    "engine": "local: dedup index in memory (fastest while it fits); datatrove: dedup keys sorted on disk, work in "
+              "resumable tasks (any corpus size; same output)",
+    "tasks": "datatrove engine: tasks of the filter step (default: one per input file, at most 64; a hub dataset: "
+             "one per worker)",
+    "memory_budget_gb": "what the dedup state may hold in memory (default: half this machine's); the local engine "
+                        "stops with an error past it, the datatrove engine sizes its key chunks to it",
+    "work_dir": "datatrove engine's working folder (default: beside the output); an interrupted run resumes from it",
     "strict": "make malformed records fatal instead of counted and skipped",
     "force": "rebuild even if an up-to-date output exists, or replace one made with another config",
 }

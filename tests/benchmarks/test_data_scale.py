@@ -11,9 +11,11 @@ from pathlib import Path
 
 from utils.benchmarks.data_scale import (
     PLANT_EVERY,
+    SCALE_PARTS,
     TreeMemorySampler,
     near_duplicate_flags,
     prose_pieces,
+    scale_texts,
     write_scale_corpus,
 )
 from utils.data.config import DataConfig
@@ -39,8 +41,11 @@ def test_copies_are_distinct_and_the_planted_copies_are_near_duplicates(tmp_path
     books = _books(tmp_path)
     pieces = prose_pieces(books)
     assert all(len(" ".join(p)) >= 300 for p in pieces[:-1])
-    corpus = write_scale_corpus(books, tmp_path / "scale.jsonl", copies=2)
-    texts = [json.loads(line)["text"] for line in Path(corpus.path).read_text().splitlines()]
+    corpus = write_scale_corpus(books, tmp_path / "scale", copies=2)
+    parts = sorted(Path(corpus.path).glob("*.jsonl"))
+    assert len(parts) == SCALE_PARTS
+    texts = [json.loads(line)["text"] for part in parts for line in part.read_text().splitlines()]
+    assert list(scale_texts(corpus)) == texts
     assert corpus.distinct == 2 * len(pieces) == len(texts) - corpus.planted
     assert corpus.planted == 2 * len(range(0, len(pieces), PLANT_EVERY))
     assert sorted(texts[0].split()) == sorted(texts[len(pieces)].split()) and texts[0] != texts[len(pieces)]

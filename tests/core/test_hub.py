@@ -48,6 +48,18 @@ def test_stage01_downloads_by_hub_id_then_reruns_offline_from_the_cache(fake_hub
     assert (out / "tinystories" / "manifest.json").read_bytes() == manifest  # same data from the cache
 
 
+def test_datatrove_engine_reads_a_hub_dataset_in_shards_to_the_same_output(hub_env, tmp_path: Path) -> None:
+    args = [*PREPARE, "--config_path", "config/datasets/tinystories.json", *SMALL]
+    local = run([*args, "--output_dir", str(tmp_path / "local")], hub_env)
+    engine = run([*args, "--output_dir", str(tmp_path / "engine"), "--engine", "datatrove", "--tasks", "3"], hub_env)
+    assert local.returncode == 0 and engine.returncode == 0, (local.stderr + engine.stderr)[-3000:]
+    outputs = [tmp_path / name / "tinystories" for name in ("local", "engine")]
+    for name in ["manifest.json", "train_00000.bin", "val_00000.bin"]:
+        assert (outputs[0] / name).read_bytes() == (outputs[1] / name).read_bytes(), name
+    stats = json.loads((outputs[1] / "stats.json").read_text())
+    assert stats["engine"]["tasks"] == 3 and stats["input_files"] == ["hf://roneneldan/TinyStories:train"]
+
+
 def test_fineweb_edu_downloads_only_the_configured_file(fake_hub, hub_env, tmp_path: Path) -> None:
     result = run([*PREPARE, "--config_path", "config/datasets/fineweb_edu.json", "--output_dir",
                   str(tmp_path / "p"), *SMALL], hub_env)

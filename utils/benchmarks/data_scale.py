@@ -11,6 +11,7 @@ the recall is measured on them, document by document, by the stage's own near-du
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ PLANTED_WORD_CHANGE = 0.01  # of a planted copy's words replaced (at least one)
 SCALE_SEED = 20261202
 MEMORY_SAMPLE_S = 0.2
 RECALL_BATCH = 2048
+SCALE_PARTS = 8  # input files: the datatrove engine's filter tasks
 
 
 @dataclass
@@ -58,6 +60,15 @@ class ScaleRun:
     stats: dict[str, Any]
     recall: float
     distinct_lost: int
+    output_sha256: str  # of the output's manifest and shards: equal across engines when their outputs are
+
+    @property
+    def engine(self) -> str:
+        return self.stats["engine"]["name"]
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine} {self.corpus.copies}x"
 
 
 def prose_pieces(files: list[Path], chars: int = SCALE_DOC_CHARS) -> list[list[str]]:
@@ -100,15 +111,33 @@ def scale_documents(pieces: list[list[str]], copies: int) -> Iterator[tuple[str,
 
 
 def write_scale_corpus(files: list[Path], target: Path, copies: int) -> ScaleCorpus:
+    """The corpus as SCALE_PARTS JSONL files of about equal document counts in `target`, a folder: one input, read
+    in order, for the local engine; a task per file for the datatrove engine (the planted copies, at the end, then
+    match documents of other tasks)."""
     pieces = prose_pieces(files)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    total = copies * (len(pieces) + len(range(0, len(pieces), PLANT_EVERY)))
+    per_part = -(-total // SCALE_PARTS)
+    target.mkdir(parents=True, exist_ok=True)
     distinct = planted = 0
-    with target.open("w", encoding="utf-8") as out:
-        for text, is_planted in scale_documents(pieces, copies):
-            out.write(json.dumps({"text": text}) + "\n")
+    outs = [(target / f"part-{part:02d}.jsonl").open("w", encoding="utf-8") for part in range(SCALE_PARTS)]
+    try:
+        for index, (text, is_planted) in enumerate(scale_documents(pieces, copies)):
+            outs[index // per_part].write(json.dumps({"text": text}) + "\n")
             planted += is_planted
             distinct += not is_planted
-    return ScaleCorpus(str(target), copies, distinct, planted, target.stat().st_size)
+    finally:
+        for out in outs:
+            out.close()
+    size = sum(path.stat().st_size for path in target.glob("*.jsonl"))
+    return ScaleCorpus(str(target), copies, distinct, planted, size)
+
+
+def scale_texts(corpus: ScaleCorpus) -> Iterator[str]:
+    """The corpus's documents in input order."""
+    for path in sorted(Path(corpus.path).glob("*.jsonl")):
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                yield json.loads(line)["text"]
 
 
 def near_duplicate_flags(corpus: ScaleCorpus, config: DataConfig) -> tuple[float, int]:
@@ -118,12 +147,11 @@ def near_duplicate_flags(corpus: ScaleCorpus, config: DataConfig) -> tuple[float
     index = DuplicateIndex()
     flags: list[bool] = []
     batch: list[str] = []
-    with open(corpus.path, encoding="utf-8") as fh:
-        for line in fh:
-            batch.append(json.loads(line)["text"])
-            if len(batch) == RECALL_BATCH:
-                flags += [reason is not None for reason in index.classify(keyer.keys(batch))]
-                batch = []
+    for text in scale_texts(corpus):
+        batch.append(text)
+        if len(batch) == RECALL_BATCH:
+            flags += [reason is not None for reason in index.classify(keyer.keys(batch))]
+            batch = []
     flags += [reason is not None for reason in index.classify(keyer.keys(batch))] if batch else []
     return sum(flags[corpus.distinct:]) / max(1, corpus.planted), sum(flags[:corpus.distinct])
 
@@ -164,12 +192,20 @@ def _prepare(config: DataConfig) -> None:
 
 
 def run_scale(corpus: ScaleCorpus, config: DataConfig) -> ScaleRun:
-    log.info("stage 01 on %s (%.1f MB, %s distinct + %s planted documents), in a fresh process", corpus.path,
-             corpus.bytes / MB, f"{corpus.distinct:,}", f"{corpus.planted:,}")
+    log.info("stage 01 (%s engine) on %s (%.1f MB, %s distinct + %s planted documents), in a fresh process",
+             config.engine, corpus.path, corpus.bytes / MB, f"{corpus.distinct:,}", f"{corpus.planted:,}")
     started = time.perf_counter()
     with TreeMemorySampler() as sampler:
         run_in_fresh_process(_prepare, (config,), f"scale run {config.name}")
     wall = time.perf_counter() - started
-    stats = read_json(Path(config.output_dir) / str(config.name) / "stats.json")
+    out = Path(config.output_dir) / str(config.name)
     recall, lost = near_duplicate_flags(corpus, config)
-    return ScaleRun(corpus, wall, sampler.peak_bytes / KIB_PER_MIB / 1024, stats, recall, lost)
+    return ScaleRun(corpus, wall, sampler.peak_bytes / KIB_PER_MIB / 1024, read_json(out / "stats.json"), recall,
+                    lost, output_sha256(out))
+
+
+def output_sha256(out: Path) -> str:
+    digest = hashlib.sha256()
+    for path in [out / "manifest.json", *sorted(out.glob("*.bin"))]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

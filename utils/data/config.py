@@ -59,6 +59,10 @@ class DataConfig:
     shard_tokens: int = 100_000_000
     batch_documents: int = 256
     num_workers: int = 2
+    engine: Literal["local", "datatrove"] = "local"  # datatrove: disk-based dedup in tasks (utils/data/engine.py)
+    tasks: int | None = None  # datatrove engine: tasks of the per-file steps (default: one per input file, at most 64)
+    memory_budget_gb: float | None = None  # what the dedup state may hold in memory; default: half the machine's
+    work_dir: str | None = None  # datatrove engine's working files (default: beside the output); kept until published
     output_dir: str = "data/processed"
     force: bool = False
     strict: bool = False
@@ -85,6 +89,19 @@ class DataConfig:
             raise ValueError(f"min_chars {self.min_chars} exceeds max_chars {self.max_chars}")
         if self.max_length < 16:
             raise ValueError(f"max_length must be at least 16, got {self.max_length}")
+        if self.memory_budget_gb is not None and self.memory_budget_gb <= 0:
+            raise ValueError(f"memory_budget_gb must be positive, got {self.memory_budget_gb}")
+        if self.tasks is not None and self.tasks < 1:
+            raise ValueError(f"tasks must be at least 1, got {self.tasks}")
+
+
+def memory_budget_bytes(config: DataConfig) -> int:
+    """--memory_budget_gb, or half of this machine's memory."""
+    if config.memory_budget_gb is not None:
+        return int(config.memory_budget_gb * 2**30)
+    import psutil
+
+    return psutil.virtual_memory().total // 2
 
 
 def default_dataset_name(config: DataConfig) -> str:

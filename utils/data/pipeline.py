@@ -17,14 +17,14 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from tqdm import tqdm
 
 from utils.core.errors import DataError
 from utils.data.cleaning import CleaningOptions, clean_text, split_long_text
-from utils.data.config import DataConfig, hub_dataset
+from utils.data.config import DataConfig, hub_dataset, memory_budget_bytes
 from utils.data.dedup import DedupKeyer, DedupKeys, DuplicateIndex
 from utils.data.filters import FilterOptions, drop_reasons
 from utils.data.sources import ReadStats, SourceOptions, iter_hub_documents, iter_local_documents
@@ -54,7 +54,7 @@ class StageTimer:
 
 
 @dataclass
-class _BatchResult:
+class BatchResult:
     kept: list[str]
     keys: DedupKeys | None = None  # dedup keys of `kept`, computed in the worker (dedup on)
     pieces: int = 0
@@ -66,29 +66,45 @@ class _BatchResult:
 
 
 @dataclass(frozen=True)
-class _WorkerOptions:
+class WorkerOptions:
     cleaning: CleaningOptions
     filters: FilterOptions
     split_at: int | None
     dedup: tuple[bool, bool, int, int, int] | None  # DedupKeyer's arguments when exact or near dedup is on
 
+    def keyer(self) -> DedupKeyer | None:
+        return DedupKeyer(*self.dedup) if self.dedup else None
 
-_WORKER_OPTIONS: _WorkerOptions | None = None
+
+def worker_options(config: DataConfig) -> WorkerOptions:
+    cleaning = CleaningOptions(config.fix_unicode, config.remove_urls, config.remove_code_blocks)
+    filters = FilterOptions(config.min_chars, config.max_chars, config.language, config.language_threshold,
+                            config.language_sample_chars, config.max_symbol_ratio, config.min_mean_word_length,
+                            config.max_mean_word_length, config.min_stop_words)
+    dedup = (config.exact_dedup, config.near_dedup, config.minhash_num_perm, config.minhash_bands,
+             config.shingle_size) if config.exact_dedup or config.near_dedup else None
+    return WorkerOptions(cleaning, filters, config.max_chars if config.split_long_documents else None, dedup)
+
+
+_WORKER_OPTIONS: WorkerOptions | None = None
 _WORKER_KEYER: DedupKeyer | None = None
 
 
-def _init_worker(options: _WorkerOptions) -> None:
+def _init_worker(options: WorkerOptions) -> None:
     global _WORKER_OPTIONS, _WORKER_KEYER
     _WORKER_OPTIONS = options
-    _WORKER_KEYER = DedupKeyer(*options.dedup) if options.dedup else None
+    _WORKER_KEYER = options.keyer()
 
 
-def _clean_and_filter(batch: list[str]) -> _BatchResult:
-    """Runs in a worker: clean, split long documents, filter (drops counted with a few examples), and the dedup
-    keys of what is kept, so the main process only queries and updates the index."""
-    options = _WORKER_OPTIONS
-    assert options is not None
-    result = _BatchResult(kept=[])
+def _pool_task(batch: list[str]) -> BatchResult:
+    assert _WORKER_OPTIONS is not None
+    return clean_and_filter(batch, _WORKER_OPTIONS, _WORKER_KEYER)
+
+
+def clean_and_filter(batch: list[str], options: WorkerOptions, keyer: DedupKeyer | None) -> BatchResult:
+    """One batch, in a worker of either engine: clean, split long documents, filter (drops counted with a few
+    examples), and the dedup keys of what is kept."""
+    result = BatchResult(kept=[])
     start = time.perf_counter()
     pieces: list[str] = []
     for raw in batch:
@@ -110,8 +126,8 @@ def _clean_and_filter(batch: list[str]) -> _BatchResult:
     result.clean_seconds = mid - start
     filtered = time.perf_counter()
     result.filter_seconds = filtered - mid
-    if _WORKER_KEYER is not None:
-        result.keys = _WORKER_KEYER.keys(result.kept)
+    if keyer is not None:
+        result.keys = keyer.keys(result.kept)
         result.dedup_keys_seconds = time.perf_counter() - filtered
     return result
 
@@ -147,6 +163,7 @@ class FirstPass:
         self.sample_keys = array.array("Q")
         self.kept_chars = 0
         self.kept_bytes = 0
+        self.engine: dict[str, Any] = {"name": config.engine}  # which engine ran, with its settings
 
     def drop(self, reason: str, count: int, examples: list[str]) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
@@ -154,14 +171,41 @@ class FirstPass:
         for text in examples[: DROP_EXAMPLES_PER_REASON - len(kept_examples)]:
             kept_examples.append(text[:DROP_EXAMPLE_CHARS])
 
+    def absorb(self, result: BatchResult) -> None:
+        """A worker batch's counts, filter drops and timings."""
+        self.counts["pieces"] += result.pieces
+        self.counts["after_filters"] += len(result.kept)
+        self.timer.add("clean", result.clean_seconds)
+        self.timer.add("filter", result.filter_seconds)
+        self.timer.add("dedup_keys", result.dedup_keys_seconds)
+        for reason, count in result.dropped.items():
+            self.drop(reason, count, result.examples.get(reason, []))
 
-def _iter_raw_documents(config: DataConfig, stats: ReadStats, files: list[Path]) -> Iterator[str]:
+    def keep(self, spool: BinaryIO, text: str) -> None:
+        """Appends a kept document to the spool and records its keys."""
+        data = spool_write(spool, text)
+        split_key, sample_key = _doc_keys(text, self.config.seed)
+        self.split_keys.append(split_key)
+        self.sample_keys.append(sample_key)
+        self.counts["kept"] += 1
+        self.kept_chars += len(text)
+        self.kept_bytes += len(data)
+
+    @property
+    def state_bytes(self) -> int:
+        """Memory of what grows with the kept documents, beside the dedup index: the split and sample keys."""
+        return self.split_keys.itemsize * (len(self.split_keys) + len(self.sample_keys))
+
+
+def raw_documents(config: DataConfig, stats: ReadStats, files: list[Path],
+                  shard: tuple[int, int] | None = None) -> Iterator[str]:
+    """The input's raw documents; `shard` (count, index) reads one contiguous shard of a hub dataset."""
     # Blocks of at most max_chars let worker batches stay small and evenly sized on books without blank lines.
     block_chars = config.max_chars if config.split_long_documents else config.max_doc_chars
     options = SourceOptions(text_field=config.text_field, text_unit=config.text_unit,
                             max_doc_chars=config.max_doc_chars, block_chars=block_chars, strict=config.strict)
     if config.source == "hf" and not files:
-        documents = iter_hub_documents(hub_dataset(config), config.hf_streaming, stats, options)
+        documents = iter_hub_documents(hub_dataset(config), config.hf_streaming, stats, options, shard)
     else:
         documents = iter_local_documents(files, stats, options)
     # islice pulls exactly max_documents, so the reader's counts stop there too.
@@ -169,34 +213,41 @@ def _iter_raw_documents(config: DataConfig, stats: ReadStats, files: list[Path])
 
 
 def run_pass1(config: DataConfig, files: list[Path], spool_path: Path) -> FirstPass:
+    """The local engine: a worker pool cleans and filters, this process dedups in memory and writes the spool."""
     state = FirstPass(config)
-    cleaning = CleaningOptions(config.fix_unicode, config.remove_urls, config.remove_code_blocks)
-    filters = FilterOptions(config.min_chars, config.max_chars, config.language, config.language_threshold,
-                            config.language_sample_chars, config.max_symbol_ratio, config.min_mean_word_length,
-                            config.max_mean_word_length, config.min_stop_words)
-    dedup = (config.exact_dedup, config.near_dedup, config.minhash_num_perm, config.minhash_bands,
-             config.shingle_size) if config.exact_dedup or config.near_dedup else None
-    options = _WorkerOptions(cleaning, filters, config.max_chars if config.split_long_documents else None, dedup)
-    index = DuplicateIndex() if dedup else None
+    options = worker_options(config)
+    index = DuplicateIndex() if options.dedup else None
+    budget = memory_budget_bytes(config)
     total_bytes = sum(f.stat().st_size for f in files) or None
-    batches = batched(_iter_raw_documents(config, state.read, files), config.batch_documents)
+    batches = batched(raw_documents(config, state.read, files), config.batch_documents)
     progress = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="clean/filter/dedup", mininterval=1.0)
     with open(spool_path, "wb") as spool, _worker_map(config.num_workers, options) as mapper:
-        for result in mapper(_clean_and_filter, batches):
-            _absorb(state, result)
-            kept = _dedup(state, result, index)
-            for text in kept:
-                _spool_write(spool, state, text)
+        for result in mapper(_pool_task, batches):
+            state.absorb(result)
+            for text in _dedup(state, result, index):
+                state.keep(spool, text)
+            _check_budget(state, index, budget)
             progress.update(state.read.bytes_read - progress.n)
             progress.set_postfix(docs=state.read.documents, kept=state.counts["kept"], refresh=False)
     progress.close()
+    state.engine.update(workers=config.num_workers, memory_budget_gb=round(budget / 2**30, 3),
+                        index_bytes=index.nbytes if index is not None else 0)
     return state
+
+
+def _check_budget(state: FirstPass, index: DuplicateIndex | None, budget: int) -> None:
+    # The index's last merge briefly holds its runs twice.
+    used = state.state_bytes + 2 * (index.nbytes if index is not None else 0)
+    if used > budget:
+        raise DataError(f"the in-memory dedup state reached {used / 2**30:.2f} GB after {state.read.documents:,} "
+                        f"documents, past --memory_budget_gb {budget / 2**30:g}. This corpus needs the disk-based "
+                        f"engine: rerun with --engine datatrove (or raise --memory_budget_gb). Nothing was written.")
 
 
 class _worker_map:  # noqa: N801 - used as a context manager factory
     """`imap` over a process pool (order-preserving, so output is deterministic) or in-process when 0 workers."""
 
-    def __init__(self, workers: int, options: _WorkerOptions) -> None:
+    def __init__(self, workers: int, options: WorkerOptions) -> None:
         self.workers, self.options, self.pool = workers, options, None
 
     def __enter__(self):
@@ -213,17 +264,7 @@ class _worker_map:  # noqa: N801 - used as a context manager factory
             self.pool.join()
 
 
-def _absorb(state: FirstPass, result: _BatchResult) -> None:
-    state.counts["pieces"] += result.pieces
-    state.counts["after_filters"] += len(result.kept)
-    state.timer.add("clean", result.clean_seconds)
-    state.timer.add("filter", result.filter_seconds)
-    state.timer.add("dedup_keys", result.dedup_keys_seconds)
-    for reason, count in result.dropped.items():
-        state.drop(reason, count, result.examples.get(reason, []))
-
-
-def _dedup(state: FirstPass, result: _BatchResult, index: DuplicateIndex | None) -> list[str]:
+def _dedup(state: FirstPass, result: BatchResult, index: DuplicateIndex | None) -> list[str]:
     if index is None or not result.kept:
         reasons: list[str | None] = [None] * len(result.kept)
     else:
@@ -240,16 +281,12 @@ def _dedup(state: FirstPass, result: _BatchResult, index: DuplicateIndex | None)
     return kept
 
 
-def _spool_write(spool, state: FirstPass, text: str) -> None:
+def spool_write(spool: BinaryIO, text: str) -> bytes:
+    """Appends one document (length-prefixed UTF-8) and returns its bytes."""
     data = text.encode("utf-8")
     spool.write(_LENGTH.pack(len(data)))
     spool.write(data)
-    split_key, sample_key = _doc_keys(text, state.config.seed)
-    state.split_keys.append(split_key)
-    state.sample_keys.append(sample_key)
-    state.counts["kept"] += 1
-    state.kept_chars += len(text)
-    state.kept_bytes += len(data)
+    return data
 
 
 def spool_read(path: Path) -> Iterator[str]:

@@ -37,6 +37,7 @@ from utils.core.hub import (
     mirror_root,
 )
 from utils.data.config import DataConfig, hub_dataset
+from utils.data.engine import remove_work_directory, run_datatrove
 from utils.data.pipeline import SPOOL_NAME, FirstPass, batched, run_pass1, spool_read, validation_mask
 from utils.data.report import build_stats, write_data_card
 from utils.data.sources import input_fingerprint, resolve_input_files
@@ -48,7 +49,8 @@ MANIFEST_FORMAT = 1
 SAMPLE_NAME = ".tokenizer_sample.txt"
 ENCODE_BATCH_DOCS = 256
 # Options that change how a run behaves but not what it produces: excluded from the fingerprint.
-RUN_ONLY_KEYS = ("force", "strict", "num_workers", "output_dir")
+# Both engines give the same output (tested), so the engine and its settings are among them.
+RUN_ONLY_KEYS = ("force", "strict", "num_workers", "output_dir", "engine", "tasks", "memory_budget_gb", "work_dir")
 
 
 def _prepare_tokenizer(config: DataConfig, state: FirstPass, val_mask: np.ndarray, spool: Path, out: Path) -> Path:
@@ -168,6 +170,8 @@ def prepare_dataset(config: DataConfig) -> Path:
         if config.source == "demo":
             files = [_write_demo_corpus(config, tmp)]
         _build(config, files, tmp, fingerprint, started)
+    if config.engine == "datatrove":
+        remove_work_directory(config, fingerprint)
     log.info("wrote %s", out)
     return out
 
@@ -204,7 +208,10 @@ def _write_demo_corpus(config: DataConfig, tmp: Path) -> Path:
 
 def _build(config: DataConfig, files: list[Path], out: Path, fingerprint: str, started: float) -> None:
     spool = out / SPOOL_NAME
-    state = run_pass1(config, files, spool)
+    if config.engine == "datatrove":
+        state = run_datatrove(config, files, spool, fingerprint)
+    else:
+        state = run_pass1(config, files, spool)
     state.timer.add("pass1_wall", time.perf_counter() - started)
     if state.read.documents == 0:
         raise DataError(f"the input is empty: no documents read from {config.input_path or config.hf_dataset or 'demo'}")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from utils.data.config import DataConfig
-from utils.data.dedup import detection_probability
+from utils.data.dedup import KEY_BITS, detection_probability
 from utils.data.pipeline import FirstPass
 
 MAX_FILES_LISTED = 20
@@ -57,7 +57,18 @@ def build_stats(state: FirstPass, val_mask: np.ndarray, splits: dict[str, dict],
                                                               read.bytes_read),
         },
         "input_files": read.files,
+        "engine": state.engine,
     }
+
+
+def engine_summary(engine: dict[str, Any]) -> str:
+    """Which engine ran pass 1 (read, clean, filter, dedup), in words."""
+    if engine["name"] == "datatrove":
+        return (f"datatrove, {engine['executor']} executor: {engine['tasks']} filter task(s), {engine['workers']} at "
+                f"a time; dedup keys sorted on disk, flushed every {engine['key_chunk_documents']:,} documents per "
+                f"task (memory budget {engine['memory_budget_gb']} GB)")
+    return (f"local: {engine['workers']} worker process(es), in-memory dedup index of "
+            f"{engine['index_bytes'] / 2**20:.1f} MiB (memory budget {engine['memory_budget_gb']} GB)")
 
 
 def write_data_card(path: Path, config: DataConfig, stats: dict[str, Any], examples: dict[str, list[str]],
@@ -92,7 +103,8 @@ def write_data_card(path: Path, config: DataConfig, stats: dict[str, Any], examp
         f"{config.minhash_num_perm} permutations in {config.minhash_bands} bands of {rows}: a pair at Jaccard 0.8 is "
         f"caught with probability {detection_probability(0.8, config.minhash_bands, rows):.3f}, at 0.5 with "
         f"{detection_probability(0.5, config.minhash_bands, rows):.3f}. A document is dropped when its exact key "
-        f"or one of its band keys (64 bits each) equals that of any earlier document.",
+        f"or one of its band keys ({KEY_BITS} bits each) equals that of any earlier document.",
+        f"- Engine: {engine_summary(stats['engine'])}.",
         f"- Split: {config.train_fraction:.0%} train by document, seeded by content hash (seed {config.seed}).",
         "", "## Counts", "", "| stage | documents |", "|---|---:|",
     ]

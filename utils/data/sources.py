@@ -198,10 +198,14 @@ def iter_local_documents(files: list[Path], stats: ReadStats, options: SourceOpt
             yield _cap(text, stats, options)
 
 
-def iter_hub_documents(dataset: PublicDataset, streaming: bool, stats: ReadStats,
-                       options: SourceOptions) -> Iterator[str]:
-    """A Hugging Face dataset's records (downloaded once and cached, or streamed), one text at a time."""
+def iter_hub_documents(dataset: PublicDataset, streaming: bool, stats: ReadStats, options: SourceOptions,
+                       shard: tuple[int, int] | None = None) -> Iterator[str]:
+    """A Hugging Face dataset's records (downloaded once and cached, or streamed), one text at a time; `shard`
+    (count, index) takes one contiguous part of them: the parts in index order are the whole, in order (a streamed
+    dataset is sharded by its files, so count is at most its number of files)."""
     rows = load_hub_split(dataset, streaming=streaming)
+    if shard is not None:
+        rows = rows.shard(num_shards=shard[0], index=shard[1], contiguous=True)
     stats.files.append(f"hf://{dataset.hub_id}" + (f"/{dataset.subset}" if dataset.subset else "")
                        + f":{dataset.split}")
     for index, record in enumerate(rows):
