@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import random
+import re
+import unicodedata
+
+import ftfy
+import pytest
+
+from tests.conftest import story_texts
+from utils.data import cleaning
 from utils.data.cleaning import CleaningOptions, clean_text, split_long_text
+
+# What each step can match or change: mojibake, entities, escapes, controls, odd spaces, fences, URL pieces.
+TRICKY = "ab \t\n\r&<>`~:/.wW\x1b\x00\x0c\x7f\x85\u00a0\u2003\u3000é\u0301’“ﬁＡÃ©"
 
 
 def test_cleaning_repairs_and_strips() -> None:
@@ -26,3 +38,26 @@ def test_split_long_text_respects_limit_and_keeps_words() -> None:
     assert all(len(p) <= 500 for p in pieces) and len(pieces) > 1
     assert " ".join(" ".join(pieces).split()) == " ".join(text.split())
     assert split_long_text("x" * 1200, 500) == ["x" * 500, "x" * 500, "x" * 200]
+
+
+def _every_step(text: str, options: CleaningOptions) -> str:
+    """clean_text with every step applied unconditionally: what its skip tests must not change."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = ftfy.fix_text(text, normalization="NFC") if options.fix_unicode else unicodedata.normalize("NFC", text)
+    text = cleaning._CONTROL_RE.sub("", text)
+    if options.remove_code_blocks:
+        text = cleaning._FENCED_CODE_RE.sub("", text)
+    if options.remove_urls:
+        text = cleaning._URL_RE.sub("", text)
+    text = re.sub(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+", " ", text)
+    text = cleaning._SPACE_AROUND_NEWLINE_RE.sub("\n", text)
+    return cleaning._MANY_NEWLINES_RE.sub("\n\n", text).strip()
+
+
+@pytest.mark.parametrize("options", [CleaningOptions(), CleaningOptions(False, False, False)])
+def test_skipped_steps_change_nothing(options: CleaningOptions) -> None:
+    rng = random.Random(11)
+    texts = ["".join(rng.choice(TRICKY) for _ in range(rng.randrange(1, 60))) for _ in range(20_000)]
+    texts += story_texts(200) + ["visit WWW.Example.com today", "a ``` b\n```\n c", "x &amp; y", "\x1b[31mred"]
+    for text in texts:
+        assert clean_text(text, options) == _every_step(text, options), repr(text)
