@@ -36,7 +36,8 @@ HELP = {
     "hf_streaming": "stream instead of downloading: no disk copy, but nothing is cached (a rerun needs the network)",
     "mirror_path": "where a LUMI_DATA_DIR mirror keeps this hub dataset (a glob inside the mirror)",
     "max_length": "training context the data is prepared for; stage 02 uses it as its default",
-    "num_workers": "processes for cleaning and filtering (0 = in-process); with the datatrove engine, tasks at a time",
+    "num_workers": "processes for cleaning and filtering (0 = in-process); with the datatrove engine, tasks at a "
+                   "time (on Slurm and Ray too)",
     "engine": "local: dedup index in memory (fastest while it fits); datatrove: dedup keys sorted on disk, work in "
               "resumable tasks (any corpus size; same output)",
     "tasks": "datatrove engine: tasks of the filter step (default: one per input file, at most 64; a hub dataset: "
@@ -44,6 +45,14 @@ HELP = {
     "memory_budget_gb": "what the dedup state may hold in memory (default: half this machine's); the local engine "
                         "stops with an error past it, the datatrove engine sizes its key chunks to it",
     "work_dir": "datatrove engine's working folder (default: beside the output); an interrupted run resumes from it",
+    "executor": "where the datatrove engine's tasks run: local (this machine), slurm (job arrays, submitted from "
+                "here) or ray (--ray_address, or a local Ray instance); the folders must be shared by all nodes",
+    "task_memory_gb": "slurm/ray: memory reserved per task (half of it for dedup keys)",
+    "slurm_partition": "Slurm partition for the tasks (required with --executor slurm)",
+    "slurm_time": "Slurm time limit per task",
+    "slurm_account": "Slurm account to charge, if the cluster needs one",
+    "slurm_env_command": "shell command run before each Slurm task (default: activate this virtual environment)",
+    "ray_address": "Ray cluster to connect to (e.g. auto, ray://head:10001); default: start a local Ray instance",
     "strict": "make malformed records fatal instead of counted and skipped",
     "force": "rebuild even if an up-to-date output exists, or replace one made with another config",
 }

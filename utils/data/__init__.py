@@ -10,6 +10,7 @@ pipeline      pass 1 on the local engine: the clean/filter/keys worker pool, in-
               the memory budget check, the train/val split
 engine        pass 1 on datatrove (--engine datatrove): task split, executor runs with resume, assembly
 engine_steps  the datatrove pipeline steps: filter (with sorted key chunk files), duplicate pairs -> drops
+executors     where those steps run: datatrove's local, Slurm or Ray executor, progress from completion markers
 prepare       tokenizer training or reuse, pass 2 into shards, outputs, the rerun fingerprint, prepare_dataset
 report        stats.json and DATA_CARD.md
 demo_stories  the demo story grammar: vocabulary, sentence templates, the seeded pretraining stories

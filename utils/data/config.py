@@ -63,6 +63,13 @@ class DataConfig:
     tasks: int | None = None  # datatrove engine: tasks of the per-file steps (default: one per input file, at most 64)
     memory_budget_gb: float | None = None  # what the dedup state may hold in memory; default: half the machine's
     work_dir: str | None = None  # datatrove engine's working files (default: beside the output); kept until published
+    executor: Literal["local", "slurm", "ray"] = "local"  # where the datatrove engine's tasks run
+    task_memory_gb: int = 2  # slurm/ray: memory reserved per task (its dedup key chunks use half)
+    slurm_partition: str | None = None
+    slurm_time: str = "24:00:00"  # the time limit of each Slurm task
+    slurm_account: str | None = None
+    slurm_env_command: str | None = None  # run before each Slurm task (default: this venv, this repo on PYTHONPATH)
+    ray_address: str | None = None  # a Ray cluster ("auto", "ray://host:10001"); default: a local Ray instance
     output_dir: str = "data/processed"
     force: bool = False
     strict: bool = False
@@ -93,6 +100,15 @@ class DataConfig:
             raise ValueError(f"memory_budget_gb must be positive, got {self.memory_budget_gb}")
         if self.tasks is not None and self.tasks < 1:
             raise ValueError(f"tasks must be at least 1, got {self.tasks}")
+        self._check_executor()
+
+    def _check_executor(self) -> None:
+        if self.executor != "local" and self.engine != "datatrove":
+            raise ValueError(f"executor {self.executor} runs the datatrove engine's tasks: add --engine datatrove")
+        if self.executor == "slurm" and not self.slurm_partition:
+            raise ValueError("executor slurm needs slurm_partition (sinfo lists them): pass --slurm_partition")
+        if self.task_memory_gb < 1:
+            raise ValueError(f"task_memory_gb must be at least 1, got {self.task_memory_gb}")
 
 
 def memory_budget_bytes(config: DataConfig) -> int:

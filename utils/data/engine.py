@@ -15,16 +15,10 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
-import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from datatrove.executor import LocalPipelineExecutor
 from datatrove.pipeline.dedup.minhash import MinhashDedupBuckets
-from datatrove.utils.logging import logger as loguru_logger
 from tqdm import tqdm
 
 from utils.core.artifacts import read_json, write_json
@@ -41,6 +35,7 @@ from utils.data.engine_steps import (
     merge_counts,
     rank_files,
 )
+from utils.data.executors import Step, run_steps
 from utils.data.pipeline import FirstPass, spool_read
 
 log = logging.getLogger(__name__)
@@ -48,14 +43,14 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_TASKS = 64
 MIN_CHUNK_DOCUMENTS = 256  # a task flushes its keys at least every this many documents, whatever the budget
 WORK_PREFIX = "datatrove-"
-PROGRESS_POLL_SECONDS = 1.0
 PLAN_NAME = "plan.json"  # the task split, so that a resume reads the same inputs per task
 _DROP_REASONS = (None, "exact_duplicate", "near_duplicate")
 
 
 def work_directory(config: DataConfig, fingerprint: str) -> Path:
     root = Path(config.work_dir) if config.work_dir else Path(config.output_dir)
-    return root / f".{config.name}.{WORK_PREFIX}{fingerprint[:12]}"
+    # Absolute: the tasks of a cluster executor resolve it on other machines.
+    return root.resolve() / f".{config.name}.{WORK_PREFIX}{fingerprint[:12]}"
 
 
 def input_units(config: DataConfig, files: list[Path]) -> list[list[str]]:
@@ -87,7 +82,7 @@ def contiguous_groups(files: list[Path], tasks: int) -> list[list[str]]:
 
 
 def run_datatrove(config: DataConfig, files: list[Path], spool_path: Path, fingerprint: str) -> FirstPass:
-    """The datatrove engine's pass 1 on its local executor; returns what the local engine's run_pass1 returns."""
+    """The datatrove engine's pass 1 on config.executor; returns what the local engine's run_pass1 returns."""
     work = work_directory(config, fingerprint)
     units = input_units(config, files)
     _check_plan(work, units)
@@ -95,23 +90,32 @@ def run_datatrove(config: DataConfig, files: list[Path], spool_path: Path, finge
                        config.shingle_size) if config.exact_dedup or config.near_dedup else None
     columns = keyer.columns if keyer else 0
     workers = max(1, config.num_workers)
-    budget = memory_budget_bytes(config)
-    chunk = max(MIN_CHUNK_DOCUMENTS, budget // (workers * max(columns, 1) * BYTES_PER_KEY))
-    log.info("datatrove engine: %d task(s), %d at a time, dedup keys flushed every %s documents per task "
-             "(memory budget %.2f GB); working folder %s", len(units), workers, f"{chunk:,}", budget / 2**30, work)
-    seconds: dict[str, float] = {}
-    _run_step(work, "filter", [FilterStep(config, units, str(work), columns, chunk)], len(units), workers, seconds)
+    chunk = key_chunk_documents(config, columns)
+    log.info("datatrove engine, %s executor: %d task(s), %d at a time, dedup keys flushed every %s documents per "
+             "task; working folder %s", config.executor, len(units), workers, f"{chunk:,}", work)
+    steps = [Step("filter", [FilterStep(config, units, str(work), columns, chunk)], len(units), workers)]
     if columns:
         buckets = MinhashDedupBuckets(str(work / "keys"), str(work / "dups"), config=bucket_config(columns))
-        _run_step(work, "buckets", [buckets], columns, workers, seconds)
-        _run_step(work, "drops", [DropsStep(str(work), len(units), config.exact_dedup)], 1, 1, seconds)
+        steps += [Step("buckets", [buckets], columns, workers),
+                  Step("drops", [DropsStep(str(work), len(units), config.exact_dedup)], 1, 1)]
+    seconds = run_steps(config, work, steps)
     state = assemble(config, work, len(units), spool_path, dedup=columns > 0)
     chunks = chunk_summary(work, len(units))
     state.timer.add("dedup", seconds.get("buckets", 0.0) + seconds.get("drops", 0.0))
-    state.engine = {"name": "datatrove", "executor": "local", "tasks": len(units), "workers": workers,
-                    "key_chunk_documents": chunk, "memory_budget_gb": round(budget / 2**30, 3),
+    state.engine = {"name": "datatrove", "executor": config.executor, "tasks": len(units), "workers": workers,
+                    "key_chunk_documents": chunk, "memory_budget_gb": round(memory_budget_bytes(config) / 2**30, 3),
                     "step_seconds": {name: round(value, 3) for name, value in seconds.items()}, **chunks}
     return state
+
+
+def key_chunk_documents(config: DataConfig, columns: int) -> int:
+    """How many documents' keys a filter task buffers before it writes them out: on this machine the budget shared
+    by the tasks running at once; on a cluster half of each task's own memory."""
+    if config.executor == "local":
+        per_task = memory_budget_bytes(config) // max(1, config.num_workers)
+    else:
+        per_task = config.task_memory_gb * 2**30 // 2
+    return max(MIN_CHUNK_DOCUMENTS, per_task // (max(columns, 1) * BYTES_PER_KEY))
 
 
 def _check_plan(work: Path, units: list[list[str]]) -> None:
@@ -126,74 +130,6 @@ def _check_plan(work: Path, units: list[list[str]]) -> None:
         return
     work.mkdir(parents=True, exist_ok=True)
     write_json(path, {"units": units})
-
-
-def _run_step(work: Path, name: str, pipeline: list[Any], tasks: int, workers: int,
-              seconds: dict[str, float]) -> None:
-    # fork, as the local engine's pool: the tasks inherit the loaded modules instead of importing them again.
-    executor = _QuietLocalExecutor(pipeline, tasks=tasks, workers=min(workers, tasks),
-                                   logging_dir=str(work / "logs" / name), start_method="fork")
-    done = tasks - len(executor.get_incomplete_ranks(range(tasks)))
-    if done:
-        log.info("datatrove step %s: %d of %d task(s) completed by an earlier run, skipped", name, done, tasks)
-    start = time.perf_counter()
-    _quiet_console()
-    with _TaskProgress(work / "logs" / name / "completions", name, tasks, done):
-        try:
-            executor.run()
-        except (ConfigError, DataError):
-            raise
-        except Exception as exc:
-            raise DataError(f"datatrove step {name} failed: {exc}. The task logs are in {work / 'logs' / name}/logs; "
-                            f"run the same command again to continue from the completed tasks") from exc
-    seconds[name] = time.perf_counter() - start
-    if executor.get_incomplete_ranks(range(tasks)):
-        raise DataError(f"datatrove step {name} did not complete all its tasks; see {work / 'logs' / name}/logs "
-                        f"and run the same command again (completed tasks are kept)")
-
-
-class _QuietLocalExecutor(LocalPipelineExecutor):
-    """datatrove's local executor with each task's log in its file only: datatrove copies the log of the task that
-    runs as local rank 0 to the console, which would bury stage 01's own progress (errors still show)."""
-
-    def _run_for_rank(self, rank: int, local_rank: int = 0, node_rank: int = -1) -> Any:
-        try:
-            return super()._run_for_rank(rank, local_rank + 1, node_rank)
-        finally:
-            _quiet_console()  # datatrove restores its default console log after each task
-
-
-def _quiet_console() -> None:
-    loguru_logger.remove()
-    loguru_logger.add(sys.stderr, level="WARNING", format="datatrove {level}: {message}")
-
-
-class _TaskProgress:
-    """A progress bar with ETA over a step's tasks, from the completion markers datatrove writes."""
-
-    def __init__(self, folder: Path, name: str, tasks: int, done: int) -> None:
-        self.folder, self.done = folder, done
-        self.bar = tqdm(total=tasks, initial=done, desc=f"datatrove {name}", unit="task", mininterval=1.0)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-
-    def __enter__(self) -> _TaskProgress:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-        self._update()
-        self.bar.close()
-
-    def _watch(self) -> None:
-        while not self.stop.wait(PROGRESS_POLL_SECONDS):
-            self._update()
-
-    def _update(self) -> None:
-        done = sum(1 for _ in self.folder.iterdir()) if self.folder.is_dir() else 0
-        self.bar.update(max(0, done - self.bar.n))
 
 
 def assemble(config: DataConfig, work: Path, tasks: int, spool_path: Path, dedup: bool) -> FirstPass:

@@ -50,7 +50,9 @@ SAMPLE_NAME = ".tokenizer_sample.txt"
 ENCODE_BATCH_DOCS = 256
 # Options that change how a run behaves but not what it produces: excluded from the fingerprint.
 # Both engines give the same output (tested), so the engine and its settings are among them.
-RUN_ONLY_KEYS = ("force", "strict", "num_workers", "output_dir", "engine", "tasks", "memory_budget_gb", "work_dir")
+RUN_ONLY_KEYS = ("force", "strict", "num_workers", "output_dir", "engine", "tasks", "memory_budget_gb", "work_dir",
+                 "executor", "task_memory_gb", "slurm_partition", "slurm_time", "slurm_account", "slurm_env_command",
+                 "ray_address")
 
 
 def _prepare_tokenizer(config: DataConfig, state: FirstPass, val_mask: np.ndarray, spool: Path, out: Path) -> Path:
