@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import psutil
 
 from utils.benchmarks.common import KIB_PER_MIB, MB, run_in_fresh_process
 from utils.core.artifacts import read_json
+from utils.core.periodic import Periodic
 from utils.data.config import DataConfig
 from utils.data.dedup import DedupKeyer, DuplicateIndex
 
@@ -156,33 +156,22 @@ def near_duplicate_flags(corpus: ScaleCorpus, config: DataConfig) -> tuple[float
     return sum(flags[corpus.distinct:]) / max(1, corpus.planted), sum(flags[:corpus.distinct])
 
 
-class TreeMemorySampler:
+class TreeMemorySampler(Periodic):
     """Peak of the summed proportional set size (PSS: shared pages counted once across the tree) of this process's
     descendants, sampled every MEMORY_SAMPLE_S in a thread while the block runs."""
 
     def __init__(self) -> None:
+        super().__init__(self._sample, MEMORY_SAMPLE_S)
         self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def __enter__(self) -> TreeMemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _sample(self) -> None:
-        me = psutil.Process(os.getpid())
-        while not self._stop.wait(MEMORY_SAMPLE_S):
-            total = 0
-            for process in me.children(recursive=True):
-                try:
-                    total += process.memory_full_info().pss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue  # a worker that ended between the listing and the read
-            self.peak_bytes = max(self.peak_bytes, total)
+        total = 0
+        for process in psutil.Process(os.getpid()).children(recursive=True):
+            try:
+                total += process.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue  # a worker that ended between the listing and the read
+        self.peak_bytes = max(self.peak_bytes, total)
 
 
 def _prepare(config: DataConfig) -> None:

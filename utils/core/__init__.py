@@ -8,4 +8,5 @@ records      the one reader of JSON row files (.jsonl/.ndjson/.json, gzipped or 
 environment  versions, CUDA, native bf16, the attention kernel, the precision choice, the flash-attn preflight
 distributed  several processes: DDP only, main-process writes, stop decisions every process shares
 hub          public datasets by hub id (cached, offline reruns) or from the LUMI_DATA_DIR mirror; the check before a run
+periodic     a function run every few seconds in a background thread while a block runs, and once at its end
 """

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from utils.core.artifacts import REPO_ROOT
 from utils.core.errors import ConfigError, DataError
+from utils.core.periodic import Periodic
 from utils.data.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -234,31 +235,20 @@ def _queued_jobs() -> set[str]:
     return {line.strip() for line in result.stdout.splitlines() if line.strip()}
 
 
-class TaskProgress:
-    """A progress bar with ETA over a step's tasks, counting the completion markers datatrove writes (in a thread
-    while a blocking executor runs)."""
+class TaskProgress(Periodic):
+    """A progress bar with ETA over a step's tasks, counting the completion markers datatrove writes (every
+    PROGRESS_POLL_SECONDS, in a thread, while a blocking executor runs)."""
 
     def __init__(self, work: Path, step: Step, done: int) -> None:
+        super().__init__(self.update, PROGRESS_POLL_SECONDS)
         self.folder = work / "logs" / step.name / "completions"
         self.done = done
         self.bar = tqdm(total=step.tasks, initial=done, desc=f"datatrove {step.name}", unit="task", mininterval=1.0)
-        self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-
-    def __enter__(self) -> TaskProgress:
-        self.thread.start()
-        return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.update()
+        super().__exit__(*exc)
         self.bar.close()
-
-    def _watch(self) -> None:
-        while not self.stop.wait(PROGRESS_POLL_SECONDS):
-            self.update()
 
     def update(self) -> None:
         with self.lock:
