@@ -290,7 +290,7 @@ bench: bench-data bench-train bench-serve bench-export bench-finetune ## Run eve
 bench-recipe: $(STAMP) ## AdamW vs Muon (3 LRs each) and the ablations, tiny on $LUMI_DATA_DIR prose, 10 min a run (~2 h CPU)
 	$(PY) scripts/bench_recipe.py $(ARGS)
 
-bench-data: $(STAMP) ## Stage 01 at scale: distinct short docs from $LUMI_DATA_DIR prose at 1x and 4x, memory, recall (~6 min CPU)
+bench-data: $(STAMP) ## Stage 01 at scale, both engines: distinct short docs from $LUMI_DATA_DIR prose at 1x and 4x, memory, recall (~7 min CPU)
 	$(PY) scripts/bench_data.py $(ARGS)
 
 bench-train: $(STAMP) ## Stage 02 tokens/s, MFU, memory and checkpoint time vs a plain-PyTorch step (~10 min CPU; ARGS='--quick')

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Benchmark stage 01 (data preparation) at scale on the prose of the LUMI_DATA_DIR mirror (prose/british-fiction
-and tinystories/): ~6 min on 2 CPU cores.
+and tinystories/): ~7 min on 2 CPU cores.
 
     LUMI_DATA_DIR=/path/to/mirror make bench-data
     make bench-data ARGS='--copies 8 --json bench_data.json'
@@ -8,7 +8,8 @@ and tinystories/): ~6 min on 2 CPU cores.
 
 Cuts the prose into ~315-character documents, reorders each one's words per copy (so the copies are distinct to
 the deduplication, as a larger corpus is), plants 1 % of them again with 1 % of their words changed, and runs the
-stage on 1x and --copies x that corpus (each run in a fresh process whose whole tree is sampled for memory);
+stage on 1x and --copies x that corpus with each engine, local and datatrove (each run in a fresh process whose
+whole tree is sampled for memory; datatrove with a 0.02 GB budget, so its tasks write their dedup keys in chunks);
 reports documents/s and MB/s per stage and end to end, the recall on the planted copies, and times MinHash
 signatures on short documents. Targets: MinHash >= 30,000 short docs/s; end to end >= 2 MB/s; peak memory of the
 Nx run <= 1.3x that of the 1x run; recall >= 95 % with no distinct document lost. Exit code: 0 all targets met,
