@@ -68,7 +68,6 @@ def _logging_dir(work: Path, step: Step) -> str:
 
 def _run_blocking(work: Path, step: Step, executor: Any) -> None:
     done = _announce(step, executor)
-    _quiet_console()
     with TaskProgress(work, step, done):
         try:
             executor.run()
