@@ -160,6 +160,23 @@ def test_a_resume_with_another_task_split_is_refused(tmp_path: Path, corpus: Pat
 
     with pytest.raises(DataError, match=r"split into 1 task\(s\).*--tasks 1"):
         run_datatrove(config, sorted(corpus.glob("*.jsonl")), tmp_path / "spool", "0" * 64)
+    moved = [[str(tmp_path / "elsewhere" / f"part{part}.jsonl")] for part in range(FILES)]
+    (work / "plan.json").write_text(json.dumps({"units": moved}))
+    with pytest.raises(DataError, match="read its input from other paths"):
+        run_datatrove(config, sorted(corpus.glob("*.jsonl")), tmp_path / "spool", "0" * 64)
+
+
+def test_a_demo_run_starts_over_its_regenerated_input(tmp_path: Path) -> None:
+    config = DataConfig(source="demo", output_dir=str(tmp_path), engine="datatrove", num_workers=0,
+                        demo_num_stories=300, vocab_size=400)
+    out = prepare_dataset(config)
+    stale = tmp_path / f".{config.name}.datatrove-{json.loads((out / 'meta.json').read_text())['fingerprint'][:12]}"
+    stale.mkdir()
+    (stale / "plan.json").write_text(json.dumps({"units": [["/gone/stories.jsonl"]]}))
+    (stale / "logs" / "filter" / "completions").mkdir(parents=True)
+    (stale / "logs" / "filter" / "completions" / "00000").touch()  # a task of the old input, not to be skipped
+    again = prepare_dataset(replace(config, force=True))
+    assert _outputs(again) == _outputs(out) and not stale.exists()
 
 
 def test_the_memory_budget_stops_the_local_engine_and_bounds_the_datatrove_engine(tmp_path: Path,

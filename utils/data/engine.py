@@ -85,7 +85,7 @@ def run_datatrove(config: DataConfig, files: list[Path], spool_path: Path, finge
     """The datatrove engine's pass 1 on config.executor; returns what the local engine's run_pass1 returns."""
     work = work_directory(config, fingerprint)
     units = input_units(config, files)
-    _check_plan(work, units)
+    _check_plan(work, units, regenerated=config.source == "demo")
     keyer = DedupKeyer(config.exact_dedup, config.near_dedup, config.minhash_num_perm, config.minhash_bands,
                        config.shingle_size) if config.exact_dedup or config.near_dedup else None
     columns = keyer.columns if keyer else 0
@@ -118,16 +118,24 @@ def key_chunk_documents(config: DataConfig, columns: int) -> int:
     return max(MIN_CHUNK_DOCUMENTS, per_task // (max(columns, 1) * BYTES_PER_KEY))
 
 
-def _check_plan(work: Path, units: list[list[str]]) -> None:
-    """A working folder continues only the task split it was made with: a task's rank names its input."""
+def _check_plan(work: Path, units: list[list[str]], regenerated: bool) -> None:
+    """A working folder continues only the task split it was made with: a task's rank names its input.
+    `regenerated`: the input is written afresh by each run (the demo corpus), so an earlier run's tasks are stale."""
     path = work / PLAN_NAME
     if path.is_file():
         planned = read_json(path)["units"]
-        if planned != units:
+        if planned == units:
+            return
+        if regenerated:
+            log.info("%s: the interrupted run's input was regenerated since; starting over", work)
+            shutil.rmtree(work)
+        elif len(planned) != len(units):
             raise DataError(f"{work} holds an interrupted run of this config split into {len(planned)} task(s); "
                             f"this run would split its input into {len(units)}. Rerun with --tasks {len(planned)} "
                             f"to continue it, or delete that folder to start over")
-        return
+        else:
+            raise DataError(f"{work} holds an interrupted run of this config that read its input from other paths "
+                            f"(moved since?): move it back to continue that run, or delete that folder to start over")
     work.mkdir(parents=True, exist_ok=True)
     write_json(path, {"units": units})
 
